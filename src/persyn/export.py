@@ -1,0 +1,108 @@
+"""Write the run's outputs: dataset.jsonl, routing.jsonl, scores.jsonl and summary.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from persyn.pipeline import Run
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)  # readers never see a half-written file
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x != x else float(x)
+
+
+def export_run(run: Run) -> dict[str, Any]:
+    from persyn.pipeline import gen_key, probe_rewards
+
+    cfg, store = run.cfg, run.store
+    teachers = {t.name: t for t in cfg.teachers}
+    prompts = store.prompts()
+    routing = store.routing()
+    keys = {p.id: gen_key(cfg, teachers[routing[p.id][0]], p) for p in prompts if p.id in routing}
+    gens = store.generations(keys.values())
+
+    dataset, routing_rows, missing = [], [], []
+    for p in prompts:
+        if p.id not in routing:
+            missing.append(p.id)
+            continue
+        teacher, scores, is_probe, _ = routing[p.id]
+        routing_rows.append({"id": p.id, "prompt": p.text, "teacher": teacher, "scores": scores, "probe": is_probe})
+        g = gens.get(keys[p.id])
+        if g is None or g.error is not None:
+            missing.append(p.id)
+            continue
+        dataset.append({"id": p.id, "messages": [{"role": "user", "content": p.text},
+                                                 {"role": "assistant", "content": g.text}],
+                        "teacher": teacher, "source": "probe" if is_probe else "routed"})
+    out = cfg.path
+    _write_jsonl(out / "dataset.jsonl", dataset)
+    _write_jsonl(out / "routing.jsonl", routing_rows)
+
+    probe, quality, learn, rewards = probe_rewards(run)
+    names = list(teachers)
+    score_rows = [
+        {"id": p.id, "teacher": names[j], "quality": _nan_to_none(quality[i, j]),
+         "learnability": _nan_to_none(learn[i, j]), "reward": _nan_to_none(rewards[i, j])}
+        for i, p in enumerate(probe) for j in range(len(names))
+    ]
+    _write_jsonl(out / "scores.jsonl", score_rows)
+
+    summary = build_summary(run, prompts, probe, dataset, missing)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, out / "summary.json")
+    return summary
+
+
+def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], missing: list[str]) -> dict[str, Any]:
+    from persyn.pipeline import gen_key
+
+    cfg, store = run.cfg, run.store
+    all_keys = {t.name: [gen_key(cfg, t, p) for p in prompts] for t in cfg.teachers}
+    per_teacher: dict[str, dict[str, Any]] = {}
+    total_tokens = 0
+    for t in cfg.teachers:
+        gens = [g for g in store.generations(all_keys[t.name]).values() if g.error is None]
+        tokens = sum(g.completion_tokens for g in gens)
+        prompt_tokens = sum(g.prompt_tokens for g in gens)
+        total_tokens += tokens
+        cost = sum(g.cost for g in gens) or (tokens + prompt_tokens) / 1000 * t.cost_per_1k_tokens
+        per_teacher[t.name] = {"generations": len(gens), "completion_tokens": tokens, "cost": round(cost, 6)}
+    shares = Counter(row["teacher"] for row in dataset)
+    n, k, T = len(prompts), len(probe), len(cfg.teachers)
+    return {
+        "prompts": n,
+        "probe_size": k,
+        "teachers": T,
+        "generations_total": sum(v["generations"] for v in per_teacher.values()),
+        "generations_expected": k * T + (n - k),
+        "generations_this_invocation": run.generated,
+        "generations_failed_this_invocation": run.failed,
+        "generate_then_select_generations": n * T,
+        "generation_saving": round(1 - (k * T + (n - k)) / (n * T), 4) if n else 0.0,
+        "tokens_generated": total_tokens,
+        "per_teacher": per_teacher,
+        "dataset_rows": len(dataset),
+        "dataset_missing": missing,
+        "teacher_shares": {name: round(shares.get(name, 0) / max(1, len(dataset)), 4) for name in per_teacher},
+        "teacher_counts": {name: shares.get(name, 0) for name in per_teacher},
+        "router": store.get_meta("router_report"),
+        "responses_truncated_for_scoring": run.truncated,
+        "alpha": cfg.reward.alpha,
+        "stage_seconds": {s: round(v, 3) for s, v in run.stage_seconds.items()},
+        "failed_generations": [{"prompt_id": p, "teacher": t, "error": e} for p, t, e in store.failed()],
+    }

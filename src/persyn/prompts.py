@@ -1,0 +1,171 @@
+"""Prompt readers: .jsonl/.json/.csv/.parquet files or `hf:NAME[:SPLIT]`, with ids, dedup and located errors."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from persyn.config import PromptsConfig
+from persyn.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+    reference: str | None = None
+
+
+def prompt_id(text: str) -> str:
+    return "p" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"not UTF-8 (byte {exc.start})", file=str(path), line=lineno) from None
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})", file=str(path),
+                                 line=lineno) from None
+
+
+def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 (byte {exc.start})", file=str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})", file=str(path),
+                         line=exc.lineno) from None
+    if isinstance(data, dict):  # {"data": [...]} and similar single-key wrappers
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise InputError("expected a list of objects (or an object holding one list)", file=str(path))
+        data = lists[0]
+    if not isinstance(data, list):
+        raise InputError("expected a list of objects", file=str(path))
+    # JSON arrays have no line numbers worth giving; report the item's index as its "line" (1-based).
+    yield from enumerate(data, start=1)
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            for row in reader:
+                yield reader.line_num, row
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 (byte {exc.start})", file=str(path)) from None
+    except csv.Error as exc:
+        raise InputError(f"malformed CSV: {exc}", file=str(path)) from None
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise InputError(f"unreadable parquet: {exc}", file=str(path)) from None
+    yield from enumerate(table.to_pylist(), start=1)
+
+
+def _hf_rows(spec: str) -> Iterator[tuple[int, Any]]:
+    import datasets
+
+    name, _, split = spec.removeprefix("hf:").partition(":")
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as exc:
+        raise InputError(f"cannot load dataset: {exc}".splitlines()[0], file=spec) from None
+    yield from enumerate(ds, start=1)
+
+
+READERS = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
+
+
+def read_rows(source: str) -> Iterator[tuple[int, Any]]:
+    if source.startswith("hf:"):
+        return _hf_rows(source)
+    path = Path(source)
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise InputError(f"unsupported prompt file type {path.suffix!r} (use {', '.join(READERS)} or hf:NAME)",
+                         file=source)
+    if not path.is_file():
+        raise InputError("prompt file not found", file=source)
+    return reader(path)
+
+
+def _text(value: Any, *, source: str, line: int, field: str, required: bool) -> str | None:
+    if value is None or (isinstance(value, float) and value != value):
+        if required:
+            raise InputError("missing field", file=source, line=line, field=field)
+        return None
+    if isinstance(value, (dict, list)):
+        raise InputError("expected text, got a JSON " + type(value).__name__, file=source, line=line, field=field)
+    return str(value)
+
+
+def load_prompts(cfg: PromptsConfig, *, require_reference: bool = False) -> list[Prompt]:
+    """Read, validate, dedupe and (with `limit`) subsample the prompt set, in a deterministic order."""
+    prompts: list[Prompt] = []
+    seen_text: dict[str, int] = {}
+    seen_id: dict[str, int] = {}
+    duplicates = 0
+    for line, row in read_rows(cfg.path):
+        if not isinstance(row, dict):
+            raise InputError("expected an object", file=cfg.path, line=line)
+        if cfg.field not in row:
+            raise InputError("missing prompt field", file=cfg.path, line=line, field=cfg.field)
+        text = _text(row[cfg.field], source=cfg.path, line=line, field=cfg.field, required=True)
+        assert text is not None
+        if not text.strip():
+            raise InputError("empty prompt", file=cfg.path, line=line, field=cfg.field)
+        reference = None
+        if cfg.reference_field:
+            reference = _text(row.get(cfg.reference_field), source=cfg.path, line=line,
+                              field=cfg.reference_field, required=require_reference)
+            if require_reference and not (reference or "").strip():
+                raise InputError("missing reference answer", file=cfg.path, line=line, field=cfg.reference_field)
+        if text in seen_text:
+            duplicates += 1
+            continue
+        seen_text[text] = line
+        if cfg.id_field:
+            pid = _text(row.get(cfg.id_field), source=cfg.path, line=line, field=cfg.id_field, required=True)
+            assert pid is not None
+            if pid in seen_id:
+                raise InputError(f"duplicate id {pid!r} (first on line {seen_id[pid]})", file=cfg.path,
+                                 line=line, field=cfg.id_field)
+        else:
+            pid = prompt_id(text)
+        seen_id[pid] = line
+        prompts.append(Prompt(pid, text, reference))
+    if duplicates:
+        log.warning("%s: removed %d duplicate prompt(s)", cfg.path, duplicates)
+    if require_reference and not cfg.reference_field:
+        raise InputError("quality kind math_answer needs prompts.reference_field", file=cfg.path)
+    if not prompts:
+        raise InputError("no prompts", file=cfg.path)
+    if cfg.limit is not None and cfg.limit < len(prompts):
+        rng = random.Random(cfg.seed)
+        keep = sorted(rng.sample(range(len(prompts)), cfg.limit))
+        prompts = [prompts[i] for i in keep]
+    return prompts

@@ -1,0 +1,232 @@
+"""The run's one SQLite store. Every generation and score is committed as it is made.
+
+Generations are keyed by a content hash of (prompt, teacher fingerprint, generation parameters), scores by
+(generation key, kind, scorer fingerprint): a change of teacher or parameters misses the old keys and regenerates
+only what it affects, and a change of student misses only the learnability scores.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from persyn.backends.base import GenResult
+from persyn.errors import PersynError
+from persyn.prompts import Prompt
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS prompts (
+  id TEXT PRIMARY KEY, idx INTEGER NOT NULL, text TEXT NOT NULL, reference TEXT, active INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS probe (prompt_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS generations (
+  key TEXT PRIMARY KEY, prompt_id TEXT NOT NULL, teacher TEXT NOT NULL, fingerprint TEXT NOT NULL,
+  params TEXT NOT NULL, text TEXT, error TEXT, prompt_tokens INTEGER, completion_tokens INTEGER,
+  seconds REAL, cost REAL, pre_quality REAL, pre_learnability REAL, created REAL NOT NULL, invocation TEXT
+);
+CREATE INDEX IF NOT EXISTS generations_prompt ON generations (prompt_id, teacher);
+CREATE TABLE IF NOT EXISTS scores (
+  gen_key TEXT NOT NULL, kind TEXT NOT NULL, scorer TEXT NOT NULL, value REAL, truncated INTEGER DEFAULT 0,
+  created REAL NOT NULL, PRIMARY KEY (gen_key, kind, scorer)
+);
+CREATE TABLE IF NOT EXISTS routing (
+  prompt_id TEXT PRIMARY KEY, teacher TEXT NOT NULL, scores TEXT NOT NULL, probe INTEGER NOT NULL,
+  router TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Generation:
+    key: str
+    prompt_id: str
+    teacher: str
+    text: str | None
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    cost: float
+    pre_quality: float | None
+    pre_learnability: float | None
+
+
+class RunLock:
+    """An exclusive flock on run_dir/.lock. The kernel drops it when the holder dies, so it is never stale."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise PersynError(f"{self.path.parent}: another persyn run (pid {holder}) is using this run_dir; "
+                              "wait for it or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # Autocommit: each statement is its own transaction, so a killed run loses at most the row in flight.
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> Store:
+        return cls(Path(run_dir) / "persyn.sqlite")
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # meta
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    # prompts
+    def set_prompts(self, prompts: list[Prompt]) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE prompts SET active=0")
+            self.db.executemany(
+                "INSERT INTO prompts (id, idx, text, reference, active) VALUES (?, ?, ?, ?, 1) "
+                "ON CONFLICT(id) DO UPDATE SET idx=excluded.idx, text=excluded.text, "
+                "reference=excluded.reference, active=1",
+                [(p.id, i, p.text, p.reference) for i, p in enumerate(prompts)],
+            )
+
+    def prompts(self) -> list[Prompt]:
+        rows = self.db.execute("SELECT id, text, reference FROM prompts WHERE active=1 ORDER BY idx")
+        return [Prompt(*r) for r in rows]
+
+    # probe
+    def set_probe(self, ids: Iterable[str]) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM probe")
+            self.db.executemany("INSERT INTO probe VALUES (?)", [(i,) for i in ids])
+
+    def probe_ids(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT prompt_id FROM probe")}
+
+    # generations
+    def done_keys(self, keys: Iterable[str]) -> set[str]:
+        """Keys that hold a successful generation (failed ones are retried)."""
+        keys = list(keys)
+        found: set[str] = set()
+        for i in range(0, len(keys), 900):
+            chunk = keys[i : i + 900]
+            q = f"SELECT key FROM generations WHERE error IS NULL AND key IN ({','.join('?' * len(chunk))})"
+            found.update(r[0] for r in self.db.execute(q, chunk))
+        return found
+
+    def add_generation(self, result: GenResult, *, prompt_id: str, teacher: str, fingerprint: str,
+                       params: dict[str, Any], invocation: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO generations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (result.key, prompt_id, teacher, fingerprint, json.dumps(params, sort_keys=True), result.text,
+             result.error, result.prompt_tokens, result.completion_tokens, result.seconds, result.cost,
+             result.quality, result.learnability, time.time(), invocation),
+        )
+
+    def generations(self, keys: Iterable[str]) -> dict[str, Generation]:
+        keys = list(keys)
+        out: dict[str, Generation] = {}
+        cols = ("key, prompt_id, teacher, text, error, prompt_tokens, completion_tokens, seconds, cost, "
+                "pre_quality, pre_learnability")
+        for i in range(0, len(keys), 900):
+            chunk = keys[i : i + 900]
+            q = f"SELECT {cols} FROM generations WHERE key IN ({','.join('?' * len(chunk))})"
+            for row in self.db.execute(q, chunk):
+                out[row[0]] = Generation(*row)
+        return out
+
+    def count_generations(self, invocation: str | None = None) -> int:
+        if invocation is None:
+            return self.db.execute("SELECT COUNT(*) FROM generations WHERE error IS NULL").fetchone()[0]
+        return self.db.execute("SELECT COUNT(*) FROM generations WHERE error IS NULL AND invocation=?",
+                               (invocation,)).fetchone()[0]
+
+    def failed(self) -> list[tuple[str, str, str]]:
+        return list(self.db.execute("SELECT prompt_id, teacher, error FROM generations WHERE error IS NOT NULL"))
+
+    # scores
+    def scores(self, kind: str, scorer: str, keys: Iterable[str]) -> dict[str, float | None]:
+        keys = list(keys)
+        out: dict[str, float | None] = {}
+        for i in range(0, len(keys), 900):
+            chunk = keys[i : i + 900]
+            q = (f"SELECT gen_key, value FROM scores WHERE kind=? AND scorer=? AND gen_key IN "
+                 f"({','.join('?' * len(chunk))})")
+            out.update(dict(self.db.execute(q, [kind, scorer, *chunk]).fetchall()))
+        return out
+
+    def add_scores(self, kind: str, scorer: str, values: dict[str, float | None],
+                   truncated: Iterable[str] = ()) -> None:
+        trunc = set(truncated)
+        now = time.time()
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?)",
+                [(k, kind, scorer, v, int(k in trunc), now) for k, v in values.items()],
+            )
+
+    def count_truncated(self, scorer: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM scores WHERE kind='learnability' AND scorer=? AND truncated=1",
+                               (scorer,)).fetchone()[0]
+
+    # routing
+    def set_routing(self, rows: list[tuple[str, str, dict[str, float], bool]], router: str) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM routing")
+            self.db.executemany("INSERT INTO routing VALUES (?,?,?,?,?)",
+                                [(pid, t, json.dumps(s), int(p), router) for pid, t, s, p in rows])
+
+    def routing(self) -> dict[str, tuple[str, dict[str, float], bool, str]]:
+        rows = self.db.execute("SELECT prompt_id, teacher, scores, probe, router FROM routing")
+        return {r[0]: (r[1], json.loads(r[2]), bool(r[3]), r[4]) for r in rows}
