@@ -97,12 +97,38 @@ def _hf_rows(spec: str) -> Iterator[tuple[int, Any]]:
     yield from enumerate(ds, start=1)
 
 
+def _gym_rows(spec: str) -> Iterator[tuple[int, Any]]:
+    """`gym:NAME[+NAME...]:SIZE[:SEED]`: problems made offline by reasoning-gym, rows {prompt, answer, task}."""
+    parts = spec.removeprefix("gym:").split(":")
+    try:
+        names, size, seed = parts[0].split("+"), int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
+    except (IndexError, ValueError):
+        raise InputError("expected gym:NAME[+NAME...]:SIZE[:SEED]", file=spec) from None
+    try:
+        import reasoning_gym
+    except ImportError:
+        raise InputError("gym: prompts need the reasoning-gym package (pip install 'persyn[demo]')",
+                         file=spec) from None
+    per_task = [size // len(names) + (i < size % len(names)) for i in range(len(names))]
+    line = 0
+    for i, (name, n) in enumerate(zip(names, per_task, strict=True)):
+        try:
+            dataset = reasoning_gym.create_dataset(name, size=n, seed=seed + i)
+        except Exception as exc:
+            raise InputError(f"reasoning-gym task {name!r}: {exc}", file=spec) from None
+        for item in dataset:
+            line += 1
+            yield line, {"prompt": item["question"], "answer": str(item["answer"]), "task": name}
+
+
 READERS = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
 
 
 def read_rows(source: str) -> Iterator[tuple[int, Any]]:
     if source.startswith("hf:"):
         return _hf_rows(source)
+    if source.startswith("gym:"):
+        return _gym_rows(source)
     path = Path(source)
     reader = READERS.get(path.suffix.lower())
     if reader is None:
