@@ -37,6 +37,7 @@ class Fault:
 class ServerState:
     api_key: str | None = None
     delay_s: float = 0.0  # added latency per generation request, so client concurrency is observable
+    prompt_logprobs: bool = True  # False: refuse vLLM's prompt_logprobs like an OpenAI-style server
     faults: deque[Fault] = field(default_factory=deque)
     counts: Counter[str] = field(default_factory=Counter)  # path -> requests received
     arrivals: list[float] = field(default_factory=list)  # monotonic arrival time of each generation request
@@ -174,6 +175,8 @@ def build_app(lm: LocalModel, state: ServerState) -> FastAPI:
         ids = lm.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
         echo, logprobs = bool(body.get("echo")), body.get("logprobs")
         n_prompt_lp = body.get("prompt_logprobs")
+        if n_prompt_lp is not None and not state.prompt_logprobs:
+            raise ValueError("unrecognized request argument: prompt_logprobs")
         max_tokens = int(body.get("max_tokens", 16))
         new, new_lps = lm.generate(ids, max_tokens, float(body.get("temperature", 1.0)),
                                    float(body.get("top_p", 1.0)), body.get("seed"))
