@@ -205,9 +205,7 @@ class OpenAIBackend:
                               key=f"{prefix}.extra")
         read_api_key(teacher.api_key_env, key=f"{prefix}.api_key_env")  # fail early; re-read when sending
         self.base_url = teacher.base_url.rstrip("/")
-        # The server applies its own chat template; a base model gets the few-shot prompt on /completions.
-        self.few_shot = teacher.few_shot is True or (
-            teacher.few_shot is None and teacher.chat_template == "few-shot")
+        self.few_shot = uses_completions(teacher)
         self.policy = RetryPolicy(teacher.max_retries, float(teacher.extra.get("backoff_base_s", 1.0)),
                                   float(teacher.extra.get("backoff_max_s", 60.0)))
         self.counters = Counters()
@@ -319,10 +317,15 @@ class OpenAIBackend:
         return ConfigError(f"the server does not serve this model or path ({exc})", key=f"{prefix}.model")
 
     def _to_result(self, key: str, data: dict[str, Any], seconds: float) -> GenResult:
-        return result_from_body(key, data, seconds, self.teacher.cost_per_1k_tokens, few_shot=self.few_shot)
+        return result_from_body(key, data, seconds, self.teacher.cost_per_1k_tokens)
 
     def close(self) -> None:
         return None
+
+
+def uses_completions(teacher: Any) -> bool:
+    """The server applies its own chat template; a base model gets the few-shot prompt on /completions."""
+    return teacher.few_shot is True or (teacher.few_shot is None and teacher.chat_template == "few-shot")
 
 
 def request_body(teacher: Any, request: GenRequest, *, few_shot: bool) -> tuple[str, dict[str, Any]]:
@@ -341,14 +344,13 @@ def request_body(teacher: Any, request: GenRequest, *, few_shot: bool) -> tuple[
     return path, body
 
 
-def result_from_body(key: str, data: dict[str, Any], seconds: float, cost_per_1k: float, *,
-                     few_shot: bool | None = None) -> GenResult:
+def result_from_body(key: str, data: dict[str, Any], seconds: float, cost_per_1k: float) -> GenResult:
     """A GenResult from a chat-completions (or completions) response body."""
     choice = data["choices"][0]
     message = choice.get("message")
     text = message.get("content") if isinstance(message, dict) else choice.get("text")
-    if few_shot and isinstance(text, str):
-        text = text.strip()
+    if not isinstance(message, dict) and isinstance(text, str):
+        text = text.strip()  # a few-shot completion starts after "Answer:" with a space
     usage = data.get("usage") or {}
     prompt_tokens = int(usage.get("prompt_tokens") or 0)
     completion_tokens = int(usage.get("completion_tokens") or 0)
