@@ -1,0 +1,254 @@
+"""Learnability (Eq. 1): the student's mean per-token log-probability of a teacher's response.
+
+    L(x, y) = 1/|y| * sum_t log p_student(y_t | chat(x), y_<t)
+
+computed with the student *before* fine-tuning. The prompt is formatted exactly as the student will see it
+(`persyn.chat.format_prompt`); prompt and response are tokenised separately and their ids concatenated, so the
+boundary between what is conditioned on and what is scored is exact.
+
+End of turn: when the chat template closes an assistant message with a special token (ChatML's `<|im_end|>`,
+Llama 3's `<|eot_id|>`, Gemma's `<end_of_turn>`), that token is appended to the response and scored too. SFT
+trains the student to emit it, so how readily the student ends the answer where the teacher did is part of
+how learnable the response is. Usually that token is the tokenizer's eos; we take whatever the template
+writes, found by rendering a probe conversation. Few-shot prompting (base models) has no end-of-turn token,
+so nothing is appended there.
+
+Speed: sequences are sorted by length and packed into right-padded batches under a token budget; the
+decoder's hidden states are sliced to the response positions before the lm_head, and log-probs are
+`logit[target] - logsumexp(logits)` over chunks of those positions, so no [batch, seq, vocab] tensor is ever
+built. Models outside the known decoder-only families fall back to the model's own forward with
+`logits_to_keep` (or plain logits).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from persyn.chat import format_prompt, format_response, uses_few_shot
+
+# Families whose causal-LM head is `lm_head(model(...).last_hidden_state)`, optionally with Gemma's final
+# logit soft-capping. Others (e.g. Cohere's logit_scale, Granite's logits_scaling) take the fallback path.
+_PLAIN_HEAD_TYPES = frozenset({
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3",
+    "gemma3_text", "phi3", "olmo2", "smollm3",
+})
+_LOGIT_CHUNK_ELEMENTS = 1 << 25  # fp32 logits held at once in the head: 128 MiB
+_PROBE = "\x00persyn-response\x00"
+
+
+@dataclass
+class LearnabilityResult:
+    values: list[float | None]  # in input order; None for an empty response
+    truncated: int  # responses cut to fit max_length
+    tokens: int  # tokens run through the model (prompt + response, padding excluded)
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    start: int  # index of the first scored response token (>= 1)
+    truncated: bool
+
+
+def end_of_turn_id(tokenizer: Any, *, chat_template: str | None = None, few_shot: bool | None = None) -> int | None:
+    """The special token the chat template writes right after an assistant message, if any."""
+    if uses_few_shot(tokenizer, few_shot, chat_template):
+        return None
+    template = None if chat_template in (None, "few-shot") else chat_template
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}],
+            tokenize=False, chat_template=template,
+        )
+    except Exception:  # templates that refuse assistant turns: score the response without an end token
+        return None
+    at = text.rfind(_PROBE)
+    if at < 0:
+        return None
+    suffix = text[at + len(_PROBE):]
+    special = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    special.update(getattr(tokenizer, "all_special_tokens", []))
+    for token in sorted(special, key=len, reverse=True):
+        if token and suffix.startswith(token):
+            return tokenizer.convert_tokens_to_ids(token)
+    return None
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(with_special) and with_special[0] == bos
+
+
+@dataclass
+class _Encoder:
+    tokenizer: Any
+    chat_template: str | None
+    few_shot: bool | None
+    max_length: int
+
+    def __post_init__(self) -> None:
+        self.is_few_shot = uses_few_shot(self.tokenizer, self.few_shot, self.chat_template)
+        self.eot = end_of_turn_id(self.tokenizer, chat_template=self.chat_template, few_shot=self.few_shot)
+        self.bos = self.tokenizer.bos_token_id if _adds_bos(self.tokenizer) else None
+
+    def __call__(self, prompt: str, response: str) -> Encoded | None:
+        if not response.strip():
+            return None
+        tok = self.tokenizer
+        prompt_text = format_prompt(tok, prompt, chat_template=self.chat_template, few_shot=self.is_few_shot)
+        p = tok(prompt_text, add_special_tokens=False)["input_ids"]
+        if self.bos is not None and (not p or p[0] != self.bos):
+            p = [self.bos, *p]  # the chat template did not write the BOS the model was trained with
+        r = tok(format_response(prompt_text, response, few_shot=self.is_few_shot), add_special_tokens=False)
+        r = list(r["input_ids"])
+        if self.eot is not None:
+            r.append(self.eot)
+        truncated = len(p) + len(r) > self.max_length
+        if truncated:
+            p = p[-(self.max_length - 1):]
+            r = r[: self.max_length - len(p)]
+        start = len(p)
+        if start == 0:  # nothing to condition the first token on: it cannot be scored
+            start = 1
+        if start >= len(p) + len(r):
+            return None
+        return Encoded(ids=p + r, start=start, truncated=truncated)
+
+
+def _batches(encoded: list[tuple[int, Encoded]], batch_tokens: int) -> Iterator[list[tuple[int, Encoded]]]:
+    """Longest first; each batch's rows * longest row stays within the budget (a lone long row may exceed it)."""
+    order = sorted(encoded, key=lambda item: len(item[1].ids), reverse=True)
+    batch: list[tuple[int, Encoded]] = []
+    for item in order:
+        width = len(batch[0][1].ids) if batch else len(item[1].ids)
+        if batch and (len(batch) + 1) * width > batch_tokens:
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def _head_parts(model: Any) -> tuple[Any, Any, float | None] | None:
+    """(decoder, lm_head, softcap) when the model's logits are lm_head(decoder hidden states) [soft-capped]."""
+    config = model.config
+    if config.model_type not in _PLAIN_HEAD_TYPES:
+        return None
+    decoder, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    if decoder is None or head is None:
+        return None
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return decoder, head, getattr(text_config, "final_logit_softcapping", None)
+
+
+def _logprobs_from_hidden(head: Any, hidden: torch.Tensor, targets: torch.Tensor,
+                          softcap: float | None) -> torch.Tensor:
+    """log p(target) for rows of `hidden` [N, H], projecting through the head a chunk at a time."""
+    out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
+    vocab = head.out_features if hasattr(head, "out_features") else head.weight.shape[0]
+    chunk = max(1, _LOGIT_CHUNK_ELEMENTS // vocab)
+    for s in range(0, targets.shape[0], chunk):
+        logits = head(hidden[s:s + chunk]).float()
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        tgt = targets[s:s + chunk, None]
+        out[s:s + chunk] = logits.gather(-1, tgt).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return out
+
+
+def _logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _score_batch(model: Any, batch: list[Encoded], pad_id: int, device: torch.device) -> list[float]:
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    rows, cols = [], []
+    for i, e in enumerate(batch):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        mask[i, : len(e.ids)] = 1
+        rows.extend([i] * (len(e.ids) - e.start))
+        cols.extend(range(e.start, len(e.ids)))
+    ids, mask = ids.to(device), mask.to(device)
+    row_t = torch.tensor(rows, device=device)
+    col_t = torch.tensor(cols, device=device)
+    targets = ids[row_t, col_t]
+    parts = _head_parts(model)
+    if parts is not None:
+        decoder, head, softcap = parts
+        hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        logp = _logprobs_from_hidden(head, hidden[row_t, col_t - 1], targets, softcap)
+    elif "logits_to_keep" in inspect.signature(model.forward).parameters:
+        first = int(col_t.min()) - 1
+        keep = torch.arange(first, width - 1, device=device)
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+        logp = torch.cat([_logprobs_from_logits(logits[r, col_t[row_t == r] - 1 - first], targets[row_t == r])
+                          for r in range(len(batch))])
+    else:
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        logp = torch.cat([_logprobs_from_logits(logits[r, col_t[row_t == r] - 1], targets[row_t == r])
+                          for r in range(len(batch))])
+    sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, row_t, logp.double())
+    counts = torch.tensor([len(e.ids) - e.start for e in batch], dtype=torch.float64, device=device)
+    return (sums / counts).tolist()
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+class _EvalMode:
+    def __init__(self, model: Any) -> None:
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was_training)
+
+
+def learnability_scores(model: Any, tokenizer: Any, prompts: list[str], responses: list[str], *,
+                        chat_template: str | None = None, few_shot: bool | None = None, max_length: int = 1024,
+                        batch_tokens: int = 4096) -> LearnabilityResult:
+    """Eq. 1 for every (prompt, response) pair, batched; see the module docstring for the exact tokens scored."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if max_length < 2:
+        raise ValueError("max_length must leave room for one prompt and one response token")
+    encode = _Encoder(tokenizer, chat_template, few_shot, max_length)
+    encoded = [(i, encode(p, r)) for i, (p, r) in enumerate(zip(prompts, responses, strict=True))]
+    present = [(i, e) for i, e in encoded if e is not None]
+    values: list[float | None] = [None] * len(prompts)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = _device(model)
+    with _EvalMode(model), torch.inference_mode():
+        for batch in _batches(present, batch_tokens):
+            scores = _score_batch(model, [e for _, e in batch], pad_id, device)
+            for (i, _), score in zip(batch, scores, strict=True):
+                values[i] = score
+    return LearnabilityResult(values=values, truncated=sum(e.truncated for _, e in present),
+                              tokens=sum(len(e.ids) for _, e in present))
+
+
+def naive_learnability(model: Any, tokenizer: Any, prompt: str, response: str, *, chat_template: str | None = None,
+                       few_shot: bool | None = None, max_length: int = 1024) -> float:
+    """Reference: one unpadded forward pass, full logits, log_softmax, mean over the response tokens."""
+    e = _Encoder(tokenizer, chat_template, few_shot, max_length)(prompt, response)
+    if e is None:
+        raise ValueError("empty response: learnability is undefined")
+    ids = torch.tensor([e.ids], device=_device(model))
+    with _EvalMode(model), torch.inference_mode():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    targets = ids[0, e.start:]
+    return logprobs[e.start - 1:-1].gather(-1, targets[:, None]).mean().item()

@@ -1,0 +1,107 @@
+"""Combined reward (Eq. 2): r = (1 - alpha) * norm(quality) + alpha * norm(learnability).
+
+Both signals are normalised across the teachers' responses to one prompt, so their scales (a 0/1 correctness,
+a reward-model logit, a mean log-probability) are comparable. Responses marked `worst` (e.g. empty ones) are left
+out of the normalisation and get `min(other rewards) - 1` (0.0 when every response is worst): they lose every
+comparison. In a P x T matrix, NaN means "this teacher gave no response" and stays NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METHODS = ("minmax", "zscore", "rank", "none")
+
+
+def normalise(values: np.ndarray, method: str = "minmax") -> np.ndarray:
+    """Normalise one prompt's values across teachers. Constant input: 0.5 (minmax, rank) or 0 (zscore)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"normalise expects one prompt's values (1-D), got shape {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError("cannot normalise NaN or infinite values")
+    if method not in METHODS:
+        raise ValueError(f"unknown normalisation {method!r}; known: {', '.join(METHODS)}")
+    if method == "none" or v.size == 0:
+        return v.copy()
+    lo, hi = v.min(), v.max()
+    if method == "minmax":
+        return np.full_like(v, 0.5) if hi == lo else (v - lo) / (hi - lo)
+    if method == "zscore":
+        std = v.std()
+        return np.zeros_like(v) if std == 0 or hi == lo else (v - v.mean()) / std
+    # rank: average ranks (ties share theirs), scaled to [0, 1]
+    less = (v[None, :] < v[:, None]).sum(axis=1)
+    equal = (v[None, :] == v[:, None]).sum(axis=1)
+    ranks = less + (equal - 1) / 2.0
+    return np.full_like(v, 0.5) if v.size == 1 else ranks / (v.size - 1)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+
+
+def combine(quality: np.ndarray | None, learnability: np.ndarray | None, alpha: float, method: str = "minmax",
+            worst: np.ndarray | None = None) -> np.ndarray:
+    """Eq. 2 for one prompt's T responses. alpha == 0 ignores learnability (may be None), alpha == 1 quality."""
+    _check_alpha(alpha)
+    used = [(1.0 - alpha, quality, "quality")] if alpha < 1 else []
+    if alpha > 0:
+        used.append((alpha, learnability, "learnability"))
+    arrays = [np.asarray(a, dtype=np.float64) for _, a, _ in used if a is not None]
+    for _, a, name in used:
+        if a is None:
+            raise ValueError(f"alpha={alpha} needs {name} values")
+    size = arrays[0].shape[0] if arrays else 0
+    if any(a.shape != (size,) for a in arrays):
+        raise ValueError(f"quality and learnability must both have shape [T], got {[a.shape for a in arrays]}")
+    bad = np.zeros(size, dtype=bool) if worst is None else np.asarray(worst, dtype=bool)
+    if bad.shape != (size,):
+        raise ValueError(f"worst mask has shape {bad.shape}, expected ({size},)")
+    keep = ~bad
+    reward = np.zeros(size, dtype=np.float64)
+    if keep.any():
+        reward[keep] = sum(w * normalise(np.asarray(a, dtype=np.float64)[keep], method) for w, a, _ in used)
+        reward[bad] = reward[keep].min() - 1.0
+    return reward
+
+
+def reward_matrix(quality: np.ndarray, learnability: np.ndarray | None, alpha: float, method: str = "minmax",
+                  worst: np.ndarray | None = None) -> np.ndarray:
+    """Rewards [P, T]. NaN in a used input (no response from that teacher) gives NaN there; worst wins over NaN."""
+    _check_alpha(alpha)
+    q = np.asarray(quality, dtype=np.float64)
+    if q.ndim != 2:
+        raise ValueError(f"quality must have shape [P, T], got {q.shape}")
+    lq = None if learnability is None else np.asarray(learnability, dtype=np.float64)
+    if alpha > 0 and (lq is None or lq.shape != q.shape):
+        raise ValueError(f"alpha={alpha} needs learnability of shape {q.shape}")
+    bad = np.zeros(q.shape, dtype=bool) if worst is None else np.asarray(worst, dtype=bool)
+    if bad.shape != q.shape:
+        raise ValueError(f"worst mask has shape {bad.shape}, expected {q.shape}")
+    missing = np.zeros(q.shape, dtype=bool)
+    if alpha < 1:
+        missing |= np.isnan(q)
+    if alpha > 0:
+        missing |= np.isnan(lq)  # type: ignore[arg-type]
+    missing &= ~bad
+    out = np.full(q.shape, np.nan)
+    for p in range(q.shape[0]):
+        present = ~missing[p]
+        if present.any():
+            out[p, present] = combine(q[p, present], None if lq is None else lq[p, present], alpha, method,
+                                      worst=bad[p, present])
+    return out
+
+
+def preference_pairs(rewards_row: np.ndarray, tie_eps: float = 1e-9) -> list[tuple[int, int]]:
+    """(winner, loser) teacher indices over every pair whose rewards differ by more than tie_eps; NaN dropped."""
+    r = np.asarray(rewards_row, dtype=np.float64)
+    pairs: list[tuple[int, int]] = []
+    for i in range(r.shape[0]):
+        for j in range(i + 1, r.shape[0]):
+            if np.isnan(r[i]) or np.isnan(r[j]) or r[i] == r[j] or abs(r[i] - r[j]) <= tie_eps:
+                continue
+            pairs.append((i, j) if r[i] > r[j] else (j, i))
+    return pairs
