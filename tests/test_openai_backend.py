@@ -120,6 +120,15 @@ def test_requests_per_minute_spaces_requests(server):
         assert arrivals[k] - arrivals[0] >= (k - 1) * 0.5 - 0.05
 
 
+def test_retries_pay_the_requests_per_minute_limit(server):
+    server.state.inject("500", 2)
+    backend = OpenAIBackend(teacher(server, max_concurrency=1, requests_per_minute=120))
+    [result] = list(backend.generate(requests(1)))
+    arrivals = server.state.arrivals
+    assert result.text is not None and len(arrivals) == 3
+    assert arrivals[2] - arrivals[0] >= 0.45  # the third attempt waited for the bucket
+
+
 def test_tokens_per_minute_limits_throughput(server):
     backend = OpenAIBackend(teacher(server, max_concurrency=1, tokens_per_minute=3000))  # 50 tokens/s
     results = list(backend.generate(requests(5)))

@@ -117,17 +117,21 @@ def redact(text: str, secret: str | None) -> str:
 
 
 async def post_json(client: httpx.AsyncClient, url: str, body: dict[str, Any], *, policy: RetryPolicy,
-                    counters: Counters, secret: str | None = None,
-                    validate: Any = None) -> dict[str, Any]:
+                    counters: Counters, secret: str | None = None, validate: Any = None,
+                    throttle: TokenBucket | None = None, timeout_s: float | None = None) -> dict[str, Any]:
     """POST with retries: the parsed JSON body, or RetryableError/FatalHTTPError after the last try.
 
     `validate(data)` raises ValueError for a body that parsed but lacks what the caller needs (retried).
+    `throttle` (a requests/min bucket) is paid before every attempt, retries included; `timeout_s` bounds each
+    attempt as a whole (httpx's own timeout bounds each phase).
     """
     attempt = 0
     while True:
+        if throttle is not None:
+            await throttle.acquire(1)
         counters.requests_sent += 1
         try:
-            data = await _post_once(client, url, body, validate)
+            data = await _post_once(client, url, body, validate, timeout_s)
         except RetryableError as exc:
             if attempt >= policy.max_retries:
                 message = f"{exc} (gave up after {attempt + 1} attempts)"
@@ -142,10 +146,11 @@ async def post_json(client: httpx.AsyncClient, url: str, body: dict[str, Any], *
 
 
 async def _post_once(client: httpx.AsyncClient, url: str, body: dict[str, Any],
-                     validate: Any) -> dict[str, Any]:
+                     validate: Any, timeout_s: float | None) -> dict[str, Any]:
     try:
-        resp = await client.post(url, json=body)
-    except httpx.TimeoutException:
+        async with asyncio.timeout(timeout_s):
+            resp = await client.post(url, json=body)
+    except (httpx.TimeoutException, TimeoutError):
         raise RetryableError("request timed out") from None
     except httpx.TransportError as exc:
         raise RetryableError(f"connection error: {type(exc).__name__}") from None
@@ -283,14 +288,13 @@ class OpenAIBackend:
                    tpm: TokenBucket | None, api_key: str | None) -> GenResult:
         path, body = self.request_body(req)
         estimate = len(req.prompt) / 4 + req.params.max_new_tokens
-        if rpm:
-            await rpm.acquire(1)
         if tpm:
             await tpm.acquire(estimate)
         start = time.monotonic()
         try:
             data = await post_json(client, self.base_url + path, body, policy=self.policy,
-                                   counters=self.counters, secret=api_key, validate=_require_choices)
+                                   counters=self.counters, secret=api_key, validate=_require_choices,
+                                   throttle=rpm, timeout_s=self.teacher.timeout_s)
         except RetryableError as exc:
             self.counters.failed += 1
             return GenResult(key=req.key, text=None, seconds=time.monotonic() - start, error=str(exc))

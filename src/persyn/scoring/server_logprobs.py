@@ -71,8 +71,9 @@ def _body(model: str, ids: list[int], mode: str) -> dict[str, Any]:
 
 async def _score(client: httpx.AsyncClient, url: str, model: str, e: Encoded, mode: str,
                  policy: RetryPolicy, counters: Counters, secret: str | None) -> float:
+    timeout_s = client.timeout.read
     data = await post_json(client, url, _body(model, e.ids, mode), policy=policy, counters=counters,
-                           secret=secret, validate=lambda d: d["choices"][0])
+                           secret=secret, validate=lambda d: d["choices"][0], timeout_s=timeout_s)
     choice = data["choices"][0]
     per_token = _prompt_logprobs(choice, e.ids) if mode == "prompt_logprobs" else _echo_logprobs(choice, e.ids)
     scored = per_token[e.start:]
