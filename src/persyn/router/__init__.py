@@ -1,0 +1,10 @@
+"""Per-prompt teacher routing: prompt embeddings -> Bradley-Terry coefficient head -> chosen teacher."""
+
+from persyn.router.base import Router, load_router, make_router, register_router, router_kinds
+from persyn.router.bt import BTRouter, FitReport, preference_pairs, routed_metrics
+from persyn.router.embed import Embedder, EmbeddingCache, backbone_fingerprint, resolve_backbone
+
+__all__ = [
+    "BTRouter", "Embedder", "EmbeddingCache", "FitReport", "Router", "backbone_fingerprint", "load_router",
+    "make_router", "preference_pairs", "register_router", "resolve_backbone", "routed_metrics", "router_kinds",
+]
