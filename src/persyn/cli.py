@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="PerSyn: route each prompt to the teacher that suits your student, then generate.")
 models_app = typer.Typer(no_args_is_help=True, help="Fetch and inspect the model registry.")
 app.add_typer(models_app, name="models")
-console = Console()
+console = Console(soft_wrap=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run configuration (YAML).")]
 

@@ -223,21 +223,12 @@ def probe_rewards(run: Run) -> tuple[list[Prompt], np.ndarray, np.ndarray, np.nd
         s = run.store.scores("learnability", student_scorer_id(cfg), flat)
         learn = np.array([[_num(s.get(k)) for k in row] for row in keys]).reshape(P, T)
     present = np.array([[k in gens and gens[k].error is None for k in row] for row in keys]).reshape(P, T)
-    empty = np.array([[k in gens and not (gens[k].text or "").strip() for k in row] for row in keys]).reshape(P, T)
-    # Empty responses are recorded and scored as the worst; missing scores (not empty) drop the teacher.
-    if cfg.reward.alpha < 1:
-        quality[empty] = np.nanmin(quality) if np.isfinite(quality).any() else 0.0
-    if cfg.reward.alpha > 0:
-        learn[empty] = np.nanmin(learn) if np.isfinite(learn).any() else 0.0
-    usable = present.copy()
-    if cfg.reward.alpha < 1:
-        usable &= np.isfinite(quality)
-    if cfg.reward.alpha > 0:
-        usable &= np.isfinite(learn)
-    q_in = np.where(usable, quality, np.nan) if cfg.reward.alpha < 1 else None
-    l_in = np.where(usable, learn, np.nan) if cfg.reward.alpha > 0 else None
-    rewards = reward_matrix(q_in if q_in is not None else np.where(usable, 0.0, np.nan), l_in,
-                            cfg.reward.alpha, cfg.reward.normalization, worst=empty & usable)
+    empty = np.array([[k in gens and gens[k].error is None and not (gens[k].text or "").strip() for k in row]
+                      for row in keys]).reshape(P, T)
+    # Failed generations and responses without a score drop out (NaN); empty responses score the worst.
+    q_in = np.where(present, quality, np.nan) if cfg.reward.alpha < 1 else np.where(present, 0.0, np.nan)
+    l_in = np.where(present, learn, np.nan) if cfg.reward.alpha > 0 else None
+    rewards = reward_matrix(q_in, l_in, cfg.reward.alpha, cfg.reward.normalization, worst=empty)
     return probe, quality, learn, rewards
 
 

@@ -1,0 +1,117 @@
+"""End to end over recorded and live tiny teachers: counts, resume, outputs."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import yaml
+
+from persyn.cli import main
+from persyn.config import parse_config
+from persyn.pipeline import run_stages
+
+TOPICS = {
+    "math": "Compute {a} plus {b} and explain the steps.",
+    "poem": "Write a short poem about the {a} rivers of {b}.",
+    "code": "Write a Python function that returns {a} times {b}.",
+}
+BEST = {"math": "alpha", "poem": "beta", "code": "gamma"}
+
+
+def recorded_pool(tmp_path, n=90, seed=0):
+    """Three recorded teachers; which one is best depends on the prompt's topic (noisy judge scores)."""
+    rng = random.Random(seed)
+    prompts = []
+    for i in range(n):
+        topic = list(TOPICS)[i % 3]
+        prompts.append((topic, TOPICS[topic].format(a=i, b=rng.randint(2, 99))))
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"instruction": p}) + "\n" for _, p in prompts))
+    for teacher in BEST.values():
+        rows = []
+        for topic, p in prompts:
+            q = (0.8 if BEST[topic] == teacher else 0.3) + rng.uniform(-0.15, 0.15)
+            rows.append({"instruction": p, "output": f"{teacher} answers: {p[::-1]}", "quality": q})
+        (tmp_path / f"{teacher}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return prompts
+
+
+def recorded_config(tmp_path, **over):
+    cfg = {
+        "run_dir": str(tmp_path / "run"),
+        "prompts": {"path": str(tmp_path / "prompts.jsonl"), "field": "instruction"},
+        "teachers": [{"name": t, "backend": "recorded", "model": str(tmp_path / f"{t}.jsonl")} for t in BEST.values()],
+        "quality": {"kind": "field"},
+        "reward": {"alpha": 0.0},
+        "probe": {"size": 45, "seed": 0},
+        "router": {"epochs": 100, "seed": 0},
+    }
+    cfg.update(over)
+    return cfg
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_recorded_pool_routes_every_prompt_and_resumes(tmp_path):
+    prompts = recorded_pool(tmp_path)
+    cfg = parse_config(recorded_config(tmp_path))
+    run = run_stages(cfg)
+    n, k, T = len(prompts), 45, 3
+    assert run.generated == k * T + (n - k)
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["generations_total"] == s["generations_expected"] == k * T + (n - k)
+    assert s["generate_then_select_generations"] == n * T
+    dataset = read_jsonl(tmp_path / "run" / "dataset.jsonl")
+    routing = read_jsonl(tmp_path / "run" / "routing.jsonl")
+    scores = read_jsonl(tmp_path / "run" / "scores.jsonl")
+    assert len(dataset) == len(routing) == n
+    assert len(scores) == k * T
+    assert sum(r["probe"] for r in routing) == k
+    assert {r["source"] for r in dataset} == {"probe", "routed"}
+    # The router learnt the topic -> teacher map from the probe: routed prompts go to their topic's best teacher.
+    topic_of = {p: t for t, p in prompts}
+    routed = [r for r in routing if not r["probe"]]
+    hits = sum(r["teacher"] == BEST[topic_of[r["prompt"]]] for r in routed)
+    assert hits / len(routed) > 0.8
+    for row in dataset:
+        assert row["messages"][0]["role"] == "user" and row["messages"][1]["content"].startswith(row["teacher"])
+    # A second run does nothing new.
+    again = run_stages(cfg)
+    assert again.generated == 0
+    assert read_jsonl(tmp_path / "run" / "dataset.jsonl") == dataset
+
+
+def test_cli_run_prints_shares_and_second_run_generates_nothing(tmp_path, capsys):
+    recorded_pool(tmp_path, n=30)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(recorded_config(tmp_path, probe={"size": 15})))
+    main(["run", str(config)])
+    out = capsys.readouterr().out
+    assert "dataset.jsonl" in out and "alpha" in out and "60 in total, 60 by this run" in out
+    main(["run", str(config)])
+    assert "60 in total, 0 by this run" in capsys.readouterr().out
+
+
+def test_live_tiny_teachers_with_learnability(tmp_path, tiny_lm_dir, tiny_lm_dir_b):
+    """Two live transformers teachers and a student: counts follow p*N + (|X|-p) and nothing is made twice."""
+    rows = [{"q": f"What is {i} plus {i + 1}?", "a": str(2 * i + 1)} for i in range(12)]
+    (tmp_path / "math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = parse_config({
+        "run_dir": str(tmp_path / "run"),
+        "prompts": {"path": str(tmp_path / "math.jsonl"), "field": "q", "reference_field": "a"},
+        "teachers": [{"name": "a", "model": str(tiny_lm_dir)}, {"name": "b", "model": str(tiny_lm_dir_b)}],
+        "student": {"model": str(tiny_lm_dir)},
+        "quality": {"kind": "math_answer"},
+        "probe": {"size": 6},
+        "router": {"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 20},
+        "generation": {"max_new_tokens": 8, "batch_size": 4, "temperature": 1.0, "seed": 3},
+    })
+    run = run_stages(cfg)
+    assert run.generated == 6 * 2 + (12 - 6)
+    scores = read_jsonl(tmp_path / "run" / "scores.jsonl")
+    assert len(scores) == 12 and all(s["learnability"] is not None and s["learnability"] < 0 for s in scores)
+    assert all(s["quality"] in (0.0, 1.0) for s in scores)
+    assert run_stages(cfg).generated == 0
