@@ -141,25 +141,28 @@ def probe_stage(run: Run) -> None:
     generate_pairs(run, [(p, t) for p in probe for t in run.cfg.teachers], "probe")
 
 
-def _probe_generations(run: Run) -> tuple[list[Prompt], list[list[str]], dict]:
-    probe = probe_prompts(run)
-    keys = [[gen_key(run.cfg, t, p) for t in run.cfg.teachers] for p in probe]
-    gens = run.store.generations(k for row in keys for k in row)
-    return probe, keys, gens
+def prompt_generations(run: Run, prompts: list[Prompt]) -> tuple[list[list[str]], dict]:
+    """Generation keys [P][T] of every teacher on these prompts, and the stored rows among them."""
+    keys = [[gen_key(run.cfg, t, p) for t in run.cfg.teachers] for p in prompts]
+    return keys, run.store.generations(k for row in keys for k in row)
 
 
 def score_stage(run: Run) -> None:
-    cfg = run.cfg
-    probe, keys, gens = _probe_generations(run)
-    prompt_of = {k: p for p, row in zip(probe, keys, strict=True) for k in row}
+    score_prompts(run, probe_prompts(run), "score")
+
+
+def score_prompts(run: Run, prompts: list[Prompt], label: str) -> None:
+    """Score every stored response of every teacher on these prompts that lacks a current score."""
+    keys, gens = prompt_generations(run, prompts)
+    prompt_of = {k: p for p, row in zip(prompts, keys, strict=True) for k in row}
     ok = [k for row in keys for k in row if k in gens and gens[k].error is None]
-    if cfg.reward.alpha < 1:
-        _score_quality(run, ok, gens, prompt_of)
-    if cfg.reward.alpha > 0:
-        _score_learnability(run, ok, gens, prompt_of)
+    if run.cfg.reward.alpha < 1:
+        _score_quality(run, ok, gens, prompt_of, label)
+    if run.cfg.reward.alpha > 0:
+        _score_learnability(run, ok, gens, prompt_of, label)
 
 
-def _score_quality(run: Run, keys: list[str], gens: dict, prompt_of: dict[str, Prompt]) -> None:
+def _score_quality(run: Run, keys: list[str], gens: dict, prompt_of: dict[str, Prompt], label: str) -> None:
     scorer_id = quality_scorer_id(run.cfg)
     have = run.store.scores("quality", scorer_id, keys)
     pre = {k: gens[k].pre_quality for k in keys if k not in have and gens[k].pre_quality is not None}
@@ -177,7 +180,7 @@ def _score_quality(run: Run, keys: list[str], gens: dict, prompt_of: dict[str, P
     from persyn.scoring.quality import make_quality_scorer
 
     scorer = make_quality_scorer(run.cfg.quality)
-    with progress("score: quality", len(missing)) as advance:
+    with progress(f"{label}: quality", len(missing)) as advance:
         for i in range(0, len(missing), SCORE_CHUNK):
             chunk = missing[i : i + SCORE_CHUNK]
             values = scorer.score([prompt_of[k].text for k in chunk], [gens[k].text or "" for k in chunk],
@@ -186,7 +189,7 @@ def _score_quality(run: Run, keys: list[str], gens: dict, prompt_of: dict[str, P
             advance(len(chunk))
 
 
-def _score_learnability(run: Run, keys: list[str], gens: dict, prompt_of: dict[str, Prompt]) -> None:
+def _score_learnability(run: Run, keys: list[str], gens: dict, prompt_of: dict[str, Prompt], label: str) -> None:
     scorer_id = student_scorer_id(run.cfg)
     have = run.store.scores("learnability", scorer_id, keys)
     pre = {k: gens[k].pre_learnability for k in keys if k not in have and gens[k].pre_learnability is not None}
@@ -196,7 +199,7 @@ def _score_learnability(run: Run, keys: list[str], gens: dict, prompt_of: dict[s
     # Long responses first, so the batcher's length sort works on a full chunk and the ETA errs high.
     missing.sort(key=lambda k: len(gens[k].text or ""), reverse=True)
     assert run.cfg.student is not None
-    with progress("score: learnability", len(missing)) as advance:
+    with progress(f"{label}: learnability", len(missing)) as advance:
         for i in range(0, len(missing), SCORE_CHUNK):
             chunk = missing[i : i + SCORE_CHUNK]
             result = run.executor.learnability(run.cfg.student, [prompt_of[k].text for k in chunk],
@@ -207,13 +210,18 @@ def _score_learnability(run: Run, keys: list[str], gens: dict, prompt_of: dict[s
 
 
 def probe_rewards(run: Run) -> tuple[list[Prompt], np.ndarray, np.ndarray, np.ndarray]:
-    """The probe's raw quality and learnability [P, T] and the combined reward (NaN: no usable response)."""
+    probe = probe_prompts(run)
+    return (probe, *rewards_for(run, probe))
+
+
+def rewards_for(run: Run, prompts: list[Prompt]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw quality and learnability [P, T] and the combined reward (NaN: no usable response) for these prompts."""
     from persyn.scoring.reward import reward_matrix
 
     cfg = run.cfg
-    probe, keys, gens = _probe_generations(run)
+    keys, gens = prompt_generations(run, prompts)
     flat = [k for row in keys for k in row]
-    P, T = len(probe), len(cfg.teachers)
+    P, T = len(prompts), len(cfg.teachers)
     nan = np.full((P, T), np.nan)
     quality, learn = nan.copy(), nan.copy()
     if cfg.reward.alpha < 1:
@@ -229,7 +237,7 @@ def probe_rewards(run: Run) -> tuple[list[Prompt], np.ndarray, np.ndarray, np.nd
     q_in = np.where(present, quality, np.nan) if cfg.reward.alpha < 1 else np.where(present, 0.0, np.nan)
     l_in = np.where(present, learn, np.nan) if cfg.reward.alpha > 0 else None
     rewards = reward_matrix(q_in, l_in, cfg.reward.alpha, cfg.reward.normalization, worst=empty)
-    return probe, quality, learn, rewards
+    return quality, learn, rewards
 
 
 def _num(v: float | None) -> float:
