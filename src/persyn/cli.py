@@ -115,6 +115,10 @@ def models_list() -> None:
         console.print(name)
 
 
+# Commands for baselines, router evaluation, student training and evaluation live in their own module.
+from persyn import cli_experiments  # noqa: E402,F401
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
