@@ -8,10 +8,10 @@ A probe is small and its rewards are noisy, so training is guarded:
 - a seeded val_fraction of prompts is held out; each epoch is scored by the mean reward of the routed
   teacher on it (ties broken by validation BT loss), training stops after `patience` epochs without
   improvement, and the best epoch (0 = untrained) is kept;
-- if that epoch is not strictly better on validation than the best single teacher (the teacher with the
-  highest mean probe reward) by a margin -- mean per-prompt gain > min_gain_z standard errors, because the
-  epoch was picked on these same prompts -- the router falls back to the bias-only head, i.e. it always
-  routes to that teacher, so it is never worse than the best single teacher on validation;
+- unless that epoch beats every single teacher on validation by a margin (mean per-prompt reward gain over
+  the teacher > min_gain_z standard errors, because the epoch was picked on these same prompts), the router
+  falls back to the bias-only head: it always routes to the best single teacher (the one with the highest
+  mean probe reward), so it is never worse than the best single teacher on validation;
 - otherwise the head is refitted from scratch on all probe prompts for the chosen number of epochs, so the
   deployed router uses every probe prompt; the val_* numbers describe the train-split model.
 """
@@ -93,7 +93,7 @@ class BTRouter:
 
     def __init__(self, n_teachers: int, teacher_names: list[str], *, epochs: int = 200, lr: float = 1e-2,
                  batch_size: int = 64, weight_decay: float = 1e-2, val_fraction: float = 0.2,
-                 patience: int = 20, seed: int = 0, min_gain_z: float = 1.0) -> None:
+                 patience: int = 20, seed: int = 0, min_gain_z: float = 1.64) -> None:
         if n_teachers < 2 or len(teacher_names) != n_teachers:
             raise ConfigError(f"need n_teachers >= 2 names, got {n_teachers} and {len(teacher_names)} names",
                               key="teachers")
@@ -153,9 +153,11 @@ class BTRouter:
         best_epoch, epochs_run, val_state = self._train(X[train], R[train], hp["epochs"], val=(X[val], R[val]))
         routed = routed_metrics(self._scores_with(val_state, X[val]), R[val])
         single = routed_metrics(self._scores_with(bias_only, X[val]), R[val])
-        gain = chosen_rewards(self._scores_with(val_state, X[val]), R[val]) - chosen_rewards(
-            self._scores_with(bias_only, X[val]), R[val])
-        fallback = best_epoch == 0 or not _significant(gain, hp["min_gain_z"])
+        # val prompts all have a reward (usable), so chosen rewards line up with R[val]'s rows
+        chosen = chosen_rewards(self._scores_with(val_state, X[val]), R[val])
+        beats_every_teacher = all(_significant(gain[~np.isnan(gain)], hp["min_gain_z"])
+                                  for gain in (chosen[:, None] - R[val]).T)
+        fallback = best_epoch == 0 or not beats_every_teacher
         if fallback:
             self.mean, self.weight, self.bias = bias_only
             routed = single
