@@ -1,3 +1,129 @@
 """CLI commands for testing the paper's claims: router-eval, train, eval, compare (registered on persyn.cli.app)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from persyn.cli import ConfigArg, _config, app, console
+from persyn.errors import ConfigError
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else "-" if v is None else str(v)
+
+
+@app.command("router-eval")
+def router_eval_cmd(
+    config: ConfigArg,
+    backbone: Annotated[list[str] | None, typer.Option(
+        help="Router backbone (repeatable; 'student' = the student LM). Default: compare.router_eval.backbones.")
+    ] = None,
+    probe_size: Annotated[list[int] | None, typer.Option(help="Probe size to train on (repeatable).")] = None,
+    held_out: Annotated[int | None, typer.Option(help="Held-out prompts, every teacher generated on each.")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON output (default run_dir/router_eval.json).")] = None,
+) -> None:
+    """Router Hit@1/3 and reward against oracle, best single teacher and random on held-out prompts."""
+    from persyn.router_eval import router_eval
+
+    cfg = _config(config)
+    result = router_eval(cfg, backbones=backbone, probe_sizes=probe_size, held_out=held_out, out_path=out)
+    table = Table(title=f"router on {result['held_out']} held-out prompts (alpha {result['alpha']})")
+    cols = ("backbone", "probe_size", "hit1", "hit3", "router", "oracle", "best_single", "random", "gap_captured",
+            "best_single_teacher")
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("backbone", "best_single_teacher") else "right")
+    for row in result["results"]:
+        table.add_row(*[_fmt(row.get(c)) for c in cols])
+    console.print(table)
+    console.print(f"generations: {result['generations_this_invocation']} new, {result['generations_needed']} needed; "
+                  f"written to {out or cfg.path / 'router_eval.json'}")
+
+
+@app.command("train")
+def train_cmd(
+    dataset: Annotated[Path, typer.Argument(help="Exported dataset (JSONL with `messages`).")],
+    model: Annotated[str, typer.Option(help="Student: registry name, HF id or local dir.")],
+    output_dir: Annotated[Path, typer.Option(help="Where the checkpoint goes.")],
+    epochs: float = 1.0,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    learning_rate: float = 5e-5,
+    batch_size: int = 4,
+    grad_accum: int = 1,
+    max_length: int = 256,
+    seed: int = 0,
+    lora: Annotated[bool, typer.Option(help="LoRA through PEFT (merged into the saved checkpoint).")] = False,
+    chat_template: Annotated[str | None, typer.Option(help="Jinja override, or 'few-shot' for base models.")] = None,
+) -> None:
+    """Fine-tune a student with TRL SFT (loss on the response tokens only); a finished run is not redone."""
+    from pydantic import ValidationError
+
+    from persyn.train import TrainConfig, train_student
+
+    try:
+        cfg = TrainConfig(model=model, output_dir=str(output_dir), epochs=epochs, max_steps=max_steps,
+                          learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum,
+                          max_length=max_length, seed=seed, lora=lora, chat_template=chat_template)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(err["msg"], key=".".join(map(str, err["loc"]))) from None
+    result = train_student(cfg, dataset)
+    console.print(f"trained {result.steps} steps, loss {result.train_loss:.4f}, {result.seconds:.0f} s: "
+                  f"{result.output_dir}")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Argument(help="Checkpoint dir, registry name or HF id.")],
+    output_dir: Annotated[Path, typer.Option(help="Where the JSON results go.")],
+    config: Annotated[Path | None, typer.Option(help="Take the benchmarks from this run config's `eval`.")] = None,
+    gsm8k: Annotated[Path | None, typer.Option(help="GSM8K test JSONL (question, answer).")] = None,
+    shots: Annotated[int, typer.Option(help="GSM8K few-shot examples (0 or 5 usual).")] = 0,
+    ifeval: Annotated[str | None, typer.Option(help="IFEval prompts JSONL, or hf:google/IFEval.")] = None,
+    lm_eval: Annotated[list[str] | None, typer.Option(help="lm-evaluation-harness task (repeatable).")] = None,
+    n: Annotated[int | None, typer.Option(help="First n items of each benchmark (a fixed subset).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget per answer.")] = None,
+) -> None:
+    """Evaluate a model on GSM8K, IFEval and/or lm-evaluation-harness tasks; results are JSON."""
+    from persyn.evaluate import evaluate
+
+    specs: list[dict] = []
+    if config is not None:
+        specs += [b.model_dump(exclude_none=True) for b in _config(config).eval.benchmarks]
+    extra = {k: v for k, v in (("n", n), ("max_new_tokens", max_new_tokens)) if v is not None}
+    if gsm8k is not None:
+        specs.append({"name": "gsm8k", "test_path": str(gsm8k), "shots": shots, **extra})
+    if ifeval is not None:
+        specs.append({"name": "ifeval", "prompts_path": ifeval, **extra})
+    if lm_eval:
+        specs.append({"name": "lm_eval", "tasks": list(lm_eval), **({"limit": n} if n else {})})
+    if not specs:
+        raise ConfigError("name a benchmark: --gsm8k, --ifeval, --lm-eval or --config", key="eval")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = evaluate(model, specs, output_dir=output_dir)
+    console.print_json(json.dumps(summary))
+
+
+@app.command("compare")
+def compare_cmd(
+    config: ConfigArg,
+    strategy: Annotated[list[str] | None,
+                        typer.Option(help="Strategy (repeatable); default compare.strategies.")] = None,
+    no_train: Annotated[bool, typer.Option(help="Build the datasets only.")] = False,
+) -> None:
+    """Build each strategy's dataset, train and evaluate one student per strategy and seed, write report.md."""
+    from persyn.compare import compare_dir, run_compare
+
+    cfg = _config(config)
+    results = run_compare(cfg, strategies=strategy, train=False if no_train else None)
+    table = Table(title="strategies")
+    for c in ("strategy", "rows", "generations", "tokens", "runs"):
+        table.add_column(c, justify="left" if c == "strategy" else "right")
+    for name, e in results["strategies"].items():
+        table.add_row(name, str(e["rows"]), str(e["generations_needed"]), str(e["tokens"]), str(len(e["runs"])))
+    console.print(table)
+    console.print(f"report: {compare_dir(cfg) / 'report.md'}")

@@ -70,6 +70,7 @@ class StudentConfig(Strict):
     max_length: int = Field(default=1024, gt=8)  # prompt + response tokens; longer responses are truncated
     batch_tokens: int = Field(default=4096, gt=0)  # learnability scoring batch budget in tokens
     server_url: str | None = None  # an OpenAI-compatible server that returns prompt log-probs
+    family: str | None = None  # model family (e.g. "qwen"); the family-strong baseline picks a teacher of it
 
 
 class QualityConfig(Strict):
@@ -122,6 +123,79 @@ class RouterConfig(Strict):
     trust_remote_code: bool = False
 
 
+STRATEGY_NAMES = ("persyn", "oracle", "strong", "family-strong", "mix", "car", "random")
+
+
+class RouterEvalConfig(Strict):
+    """`persyn router-eval`: router quality on held-out prompts where every teacher's response exists."""
+
+    held_out: int = Field(default=50, gt=0)  # prompts outside the probe, every teacher generated on each
+    backbones: list[str] = Field(default_factory=list)  # empty: router.backbone; "student" = the student LM
+    probe_sizes: list[int] = Field(default_factory=list)  # empty: the run's probe size
+    seed: int = 0
+
+
+class CompareConfig(Strict):
+    """`persyn compare`: datasets from each selection strategy, one student trained and evaluated per strategy."""
+
+    strategies: list[str] = Field(default_factory=lambda: ["persyn", "strong", "mix", "random"])
+    strong_teacher: str | None = None  # None: the highest mean probe quality
+    weak_teacher: str | None = None  # mix's weak teacher; None: the lowest mean probe quality
+    mix_strong_share: float = Field(default=0.2, gt=0, lt=1)  # strong:weak = 1:4
+    car_beta: float = Field(default=1.0, ge=0)
+    seed: int = 0  # random and mix draws
+    seeds: list[int] = Field(default_factory=lambda: [0])  # training seeds
+    seeds_for: list[str] | None = None  # strategies trained with every seed (None: all); others use seeds[0]
+    train: bool = True
+    router_eval: RouterEvalConfig = Field(default_factory=RouterEvalConfig)
+
+    @field_validator("strategies", "seeds_for")
+    @classmethod
+    def _known(cls, names: list[str] | None) -> list[str] | None:
+        for n in names or []:
+            if n not in STRATEGY_NAMES:
+                raise ValueError(f"unknown strategy {n!r} (known: {', '.join(STRATEGY_NAMES)})")
+        return names
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seed(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("give at least one seed")
+        return seeds
+
+
+class TrainSection(Strict):
+    """Student fine-tuning settings shared by every strategy (see persyn.train.TrainConfig for GPU advice)."""
+
+    model: str | None = None  # None: the student's model
+    epochs: float = Field(default=1, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    learning_rate: float = Field(default=5e-5, gt=0)
+    batch_size: int = Field(default=4, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    max_length: int = Field(default=256, gt=8)
+    lora: bool = False
+    lora_r: int = Field(default=16, gt=0)
+    lora_alpha: int = Field(default=32, gt=0)
+    bf16: bool | None = None
+    gradient_checkpointing: bool = False
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    chat_template: str | None = None
+
+
+class BenchmarkSpec(BaseModel):
+    """One benchmark: `name` (gsm8k, ifeval, lm_eval), optional `label`, and the eval function's arguments."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    label: str | None = None
+
+
+class EvalSection(Strict):
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=list)
+
+
 class RunConfig(Strict):
     run_dir: str
     prompts: PromptsConfig
@@ -134,10 +208,9 @@ class RunConfig(Strict):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     executor: Literal["local", "ray"] = "local"
     ray: dict[str, Any] = Field(default_factory=dict)
-    # Other sections (strategies, train, eval) are added by later stages; they live here as free dicts until then.
-    compare: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
-    eval: dict[str, Any] = Field(default_factory=dict)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
 
     @field_validator("teachers")
     @classmethod

@@ -1,0 +1,152 @@
+"""`persyn compare`: one dataset per selection strategy over the same prompts, one student trained per strategy
+and seed with identical settings, each evaluated on the same benchmarks; then a report.
+
+Resumable at every level: generations and scores live in the store, train_student skips a finished output_dir
+with the same config and dataset, and an evaluation is skipped when its result exists for the same checkpoint
+and benchmark settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from persyn.config import RunConfig
+from persyn.errors import ConfigError
+from persyn.pipeline import STAGES, load_stage, open_run, rewards_for, run_stages
+from persyn.store import RunLock
+from persyn.strategies import SelectionContext, build_dataset, make_strategy, selected_rewards
+
+log = logging.getLogger(__name__)
+
+
+def compare_dir(cfg: RunConfig) -> Path:
+    return cfg.path / "compare"
+
+
+def select_all(cfg: RunConfig, strategies: list[str]) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Build every strategy's dataset; returns per-strategy summaries and the known rewards of chosen responses."""
+    run_stages(cfg, STAGES if "persyn" in strategies else ("probe", "score"))
+    with RunLock(cfg.path):
+        run = open_run(cfg)
+        try:
+            prompts = load_stage(run)
+            ctx = SelectionContext(run, prompts, cfg.compare)
+            summaries, selections = {}, {}
+            for name in strategies:
+                before = run.generated
+                selection = make_strategy(name).select(ctx)
+                selections[name] = selection
+                summaries[name] = build_dataset(ctx, selection, compare_dir(cfg) / name)
+                summaries[name]["generated_now"] = run.generated - before
+            rewards = rewards_for(run, prompts)[2]  # only what is scored; nothing is generated here
+            dist = {n: selected_rewards(s, run.teacher_names(), rewards).tolist() for n, s in selections.items()}
+        finally:
+            run.executor.close()
+            run.store.close()
+    return summaries, dist
+
+
+def train_config(cfg: RunConfig, output_dir: Path, seed: int):
+    from persyn.train import TrainConfig
+
+    t = cfg.train
+    model = t.model or (cfg.student.model if cfg.student else None)
+    if model is None:
+        raise ConfigError("compare needs a model to train: train.model or student.model", key="train.model")
+    settings = t.model_dump(exclude={"model"})
+    if settings["chat_template"] is None and cfg.student is not None:
+        settings["chat_template"] = cfg.student.chat_template or ("few-shot" if cfg.student.few_shot else None)
+    return TrainConfig(model=model, output_dir=str(output_dir), seed=seed,
+                       trust_remote_code=cfg.student.trust_remote_code if cfg.student else False, **settings)
+
+
+def evaluate_cached(model_dir: Path, benchmarks: list[dict[str, Any]], eval_dir: Path,
+                    identity: str) -> dict[str, Any]:
+    """Each benchmark's metrics; one already evaluated for this checkpoint identity and settings is reused."""
+    from persyn.evaluate import evaluate
+
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for spec in benchmarks:
+        label = spec.get("label") or spec["name"]
+        fp = hashlib.sha256(json.dumps([identity, spec], sort_keys=True).encode()).hexdigest()
+        done = eval_dir / f"{label}.done.json"
+        if done.is_file():
+            record = json.loads(done.read_text(encoding="utf-8"))
+            if record.get("fingerprint") == fp:
+                results[label] = record["result"]
+                continue
+        out = evaluate(str(model_dir), [{**spec, "label": label}], output_dir=eval_dir)
+        results[label] = out["results"][label]
+        done.write_text(json.dumps({"fingerprint": fp, "result": results[label]}, indent=2), encoding="utf-8")
+    return results
+
+
+def train_and_eval(cfg: RunConfig, strategy: str, seed: int) -> dict[str, Any]:
+    from persyn.train import train_student
+
+    base = compare_dir(cfg) / strategy
+    model_dir = base / f"seed{seed}" / "model"
+    tcfg = train_config(cfg, model_dir, seed)
+    result = train_student(tcfg, base / "dataset.jsonl")
+    record = json.loads((model_dir / "train_result.json").read_text(encoding="utf-8"))
+    identity = f"{record['config_hash']}:{record['dataset_sha256']}"
+    benchmarks = [b.model_dump(exclude_none=True) for b in cfg.eval.benchmarks]
+    evals = evaluate_cached(model_dir, benchmarks, base / f"seed{seed}" / "eval", identity)
+    return {"seed": seed, "steps": result.steps, "train_loss": result.train_loss,
+            "train_seconds": round(result.seconds, 1), "eval": evals}
+
+
+def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: bool | None = None,
+                base_eval: bool = True) -> dict[str, Any]:
+    """Select, train and evaluate each strategy; writes compare/results.json and compare/report.md."""
+    from persyn.report import write_report
+
+    names = strategies or cfg.compare.strategies
+    for n in names:
+        make_strategy(n)
+    out = compare_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries, dist = select_all(cfg, names)
+    results: dict[str, Any] = {"teachers": [t.name for t in cfg.teachers], "alpha": cfg.reward.alpha,
+                               "prompts": next(iter(summaries.values()))["rows"] if summaries else 0,
+                               "train": cfg.train.model_dump(), "benchmarks": [], "strategies": {},
+                               "rewards": dist, "base": None}
+    results["benchmarks"] = [b.label or b.name for b in cfg.eval.benchmarks]
+    do_train = cfg.compare.train if train is None else train
+    seeds_for = cfg.compare.seeds_for
+    for name in names:
+        entry = {**summaries[name], "runs": []}
+        results["strategies"][name] = entry
+        _write(out / "results.json", results)
+        if not do_train:
+            continue
+        seeds = cfg.compare.seeds if seeds_for is None or name in seeds_for else cfg.compare.seeds[:1]
+        for seed in seeds:
+            entry["runs"].append(train_and_eval(cfg, name, seed))
+            _write(out / "results.json", results)
+    if do_train and base_eval and cfg.eval.benchmarks:
+        tcfg = train_config(cfg, out / "base", 0)
+        benchmarks = [b.model_dump(exclude_none=True) for b in cfg.eval.benchmarks]
+        results["base"] = {"model": tcfg.model,
+                           "eval": evaluate_cached(Path(_resolve(tcfg.model)), benchmarks, out / "base" / "eval",
+                                                   f"base:{tcfg.model}")}
+    _write(out / "results.json", results)
+    write_report(results, out)
+    return results
+
+
+def _resolve(spec: str) -> str:
+    from persyn.train import resolve_model
+
+    return resolve_model(spec)
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,149 @@
+"""compare/report.md: strategy x benchmark table with generation cost, and PNG plots (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+# The headline metric of each benchmark (others stay in results.json).
+PRIMARY = {"gsm8k": "accuracy", "ifeval": "prompt_level_strict_acc"}
+SECONDARY = {"ifeval": "inst_level_loose_acc"}
+
+
+def metric_of(result: dict[str, Any], key: str) -> float | None:
+    v = result.get(key)
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def benchmark_metrics(results: dict[str, Any], label: str) -> list[str]:
+    """Metric names shown for a benchmark label (its `benchmark` field decides, e.g. gsm8k)."""
+    for entry in results["strategies"].values():
+        for run in entry["runs"]:
+            r = run["eval"].get(label)
+            if r:
+                kind = r.get("benchmark", label)
+                return [m for m in (PRIMARY.get(kind), SECONDARY.get(kind)) if m] or \
+                    [k for k, v in r.items() if isinstance(v, float)][:1]
+    return []
+
+
+def seed_values(entry: dict[str, Any], label: str, metric: str) -> list[float]:
+    vals = [metric_of(run["eval"].get(label, {}), metric) for run in entry["runs"]]
+    return [v for v in vals if v is not None]
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "pending"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
+
+
+def write_report(results: dict[str, Any], out: Path) -> Path:
+    names = list(results["strategies"])
+    labels = results["benchmarks"]
+    columns = [(label, m) for label in labels for m in benchmark_metrics(results, label)]
+    lines = ["# Strategy comparison", "",
+             f"{results['prompts']} prompts per dataset, {len(results['teachers'])} teachers, "
+             f"alpha = {results['alpha']}. Scores are mean ± sample standard deviation over training seeds.", ""]
+    head = ["strategy", *[f"{label} {m}" for label, m in columns], "generations", "tokens", "all responses?",
+            "rows"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        e = results["strategies"][name]
+        cells = [name, *[fmt(seed_values(e, label, m)) for label, m in columns], str(e["generations_needed"]),
+                 str(e["tokens"]), "yes" if e["needs_all_responses"] else "no", str(e["rows"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    base = results.get("base")
+    if base:
+        cells = [f"base ({base['model']})",
+                 *[fmt([v] if (v := metric_of(base["eval"].get(label, {}), m)) is not None else [])
+                   for label, m in columns], "-", "-", "-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "`generations`: teacher responses the strategy needs on its own (its dataset, plus every teacher "
+              "on the probe when it reads the probe, plus every teacher on every prompt when it needs all "
+              "responses); `tokens`: their completion tokens.", ""]
+    lines += ["## Teacher shares", "", "| strategy | " + " | ".join(results["teachers"]) + " |",
+              "|" + "---|" * (len(results["teachers"]) + 1)]
+    for name in names:
+        counts = results["strategies"][name]["teacher_counts"]
+        total = max(1, sum(counts.values()))
+        lines.append(f"| {name} | " + " | ".join(f"{counts.get(t, 0) / total:.0%}" for t in results["teachers"])
+                     + " |")
+    lines += ["", "## Training runs", "", "| strategy | seed | steps | train loss | seconds |", "|---|---|---|---|---|"]
+    for name in names:
+        for run in results["strategies"][name]["runs"]:
+            lines.append(f"| {name} | {run['seed']} | {run['steps']} | {run['train_loss']:.4f} | "
+                         f"{run['train_seconds']} |")
+    lines += ["", "## Known rewards of the chosen responses", "",
+              "Combined rewards exist only where every teacher was scored on a prompt (the probe, or every prompt "
+              "once oracle or car ran). PerSyn keeps the best probe response on probe prompts, so on the probe "
+              "its choice equals the oracle's.", "", "| strategy | prompts with a known reward | mean |",
+              "|---|---|---|"]
+    for name in names:
+        r = results["rewards"].get(name, [])
+        lines.append(f"| {name} | {len(r)} | {statistics.fmean(r):.3f} |" if r else f"| {name} | 0 | - |")
+    plots = write_plots(results, out, columns[0] if columns else None)
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_plots(results: dict[str, Any], out: Path, headline: tuple[str, str] | None) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, teachers = list(results["strategies"]), results["teachers"]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1.5))
+    left = [0.0] * len(names)
+    cmap = plt.get_cmap("tab10" if len(teachers) <= 10 else "tab20")
+    for j, t in enumerate(teachers):
+        shares = []
+        for name in names:
+            counts = results["strategies"][name]["teacher_counts"]
+            shares.append(counts.get(t, 0) / max(1, sum(counts.values())))
+        ax.barh(names, shares, left=left, label=t, color=cmap(j % cmap.N))
+        left = [a + b for a, b in zip(left, shares, strict=True)]
+    ax.set_xlabel("share of the dataset")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3)
+    paths.append(_save(fig, out / "teacher_shares.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    data = [results["rewards"].get(n) or [float("nan")] for n in names]
+    ax.boxplot(data, tick_labels=names, showmeans=True)
+    ax.set_ylabel("combined reward of the chosen response")
+    paths.append(_save(fig, out / "reward_distributions.png"))
+
+    if headline is not None:
+        label, metric = headline
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name in names:
+            e = results["strategies"][name]
+            vals = seed_values(e, label, metric)
+            if not vals:
+                continue
+            err = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            ax.errorbar(e["generations_needed"], statistics.fmean(vals), yerr=err, fmt="o", capsize=3)
+            ax.annotate(name, (e["generations_needed"], statistics.fmean(vals)), textcoords="offset points",
+                        xytext=(5, 5))
+        ax.set_xlabel("teacher generations needed")
+        ax.set_ylabel(f"{label} {metric}")
+        paths.append(_save(fig, out / "cost_vs_score.png"))
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

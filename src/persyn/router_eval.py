@@ -1,0 +1,134 @@
+"""Router quality on held-out prompts where every teacher's response exists (and is scored).
+
+For each backbone and probe size, a router is trained on the first `k` prompts of a seeded training pool (the
+run's probe first, then other prompts) and judged on `held_out` prompts outside that pool: Hit@1, Hit@3, mean
+combined reward of the routed choice against the oracle, the best single teacher and a random teacher, and the
+gap captured, (router - best single) / (oracle - best single). "Best single" is the teacher with the best mean
+reward on the held-out prompts themselves (in hindsight, the strictest single-teacher baseline); the teacher a
+probe would pick (`probe_pick`) is reported too.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from persyn.config import RunConfig
+from persyn.errors import ConfigError
+from persyn.pipeline import generate_pairs, load_stage, open_run, rewards_for, score_prompts
+from persyn.prompts import Prompt
+from persyn.router import Embedder, make_router, routed_metrics
+from persyn.store import RunLock
+
+
+def column_means(R: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(R, axis=0)
+    return np.where(np.isfinite(means), means, -np.inf)
+
+
+def routing_metrics(scores: np.ndarray, R: np.ndarray, R_train: np.ndarray | None = None,
+                    names: list[str] | None = None) -> dict[str, Any]:
+    """Hit@1/3, routed/oracle/best-single/random mean reward and gap captured on rewards R [P, T] (NaN = none)."""
+    R = np.asarray(R, dtype=float)
+    keep = ~np.isnan(R).all(1)
+    scores, R = np.asarray(scores)[keep], R[keep]
+    m = routed_metrics(scores, R)
+    means = column_means(R)
+    best = int(np.argmax(means))
+    out: dict[str, Any] = {
+        "prompts": int(keep.sum()), "hit1": m["hit1"], "hit3": m["hit3"], "router": m["mean_reward"],
+        "oracle": m["oracle"], "best_single": float(means[best]), "random": m["random"],
+    }
+    span = out["oracle"] - out["best_single"]
+    out["gap_captured"] = float((out["router"] - out["best_single"]) / span) if span > 1e-12 else None
+    if names is not None:
+        out["best_single_teacher"] = names[best]
+        counts = np.bincount(np.where(np.isnan(R), -np.inf, scores).argmax(1), minlength=len(names))
+        out["routed_shares"] = {n: round(int(c) / max(1, len(R)), 4) for n, c in zip(names, counts, strict=True)}
+    if R_train is not None:
+        pick = int(np.argmax(column_means(R_train)))
+        out["probe_pick"] = float(means[pick]) if np.isfinite(means[pick]) else None
+        if names is not None:
+            out["probe_pick_teacher"] = names[pick]
+    return out
+
+
+def split_prompts(prompts: list[Prompt], probe_ids: set[str], held_out: int, pool_size: int,
+                  seed: int) -> tuple[list[Prompt], list[Prompt]]:
+    """(training pool: probe prompts first, then others; held-out prompts), disjoint and seeded."""
+    rng = random.Random(f"router-eval:{seed}")
+    probe = [p for p in prompts if p.id in probe_ids]
+    rest = [p for p in prompts if p.id not in probe_ids]
+    rng.shuffle(probe)
+    rng.shuffle(rest)
+    if held_out + pool_size > len(prompts):
+        raise ConfigError(f"held_out {held_out} + largest probe size {pool_size} exceed the {len(prompts)} prompts",
+                          key="compare.router_eval.held_out")
+    held = rest[:held_out]
+    pool = (probe + rest[held_out:])[:pool_size]
+    return pool, held
+
+
+def router_eval(cfg: RunConfig, *, backbones: list[str] | None = None, probe_sizes: list[int] | None = None,
+                held_out: int | None = None, out_path: Path | None = None) -> dict[str, Any]:
+    opts = cfg.compare.router_eval
+    backbones = backbones or opts.backbones or [cfg.router.backbone]
+    held_n = held_out or opts.held_out
+    cfg.path.mkdir(parents=True, exist_ok=True)
+    with RunLock(cfg.path):
+        run = open_run(cfg)
+        try:
+            prompts = load_stage(run)
+            probe_ids = run.store.probe_ids()
+            sizes = sorted(set(probe_sizes or opts.probe_sizes or [len(probe_ids)]))
+            pool, held = split_prompts(prompts, probe_ids, held_n, max(sizes), opts.seed)
+            pairs = [(p, t) for p in pool + held for t in cfg.teachers]
+            generate_pairs(run, pairs, "router-eval")
+            score_prompts(run, pool + held, "router-eval")
+            R_pool, R_held = rewards_for(run, pool)[2], rewards_for(run, held)[2]
+            names = run.teacher_names()
+            results = []
+            for backbone in backbones:
+                X_pool, X_held = _embed(cfg, backbone, pool, held)
+                for k in sizes:
+                    r = cfg.router
+                    router = make_router(r.kind, n_teachers=len(names), teacher_names=names, epochs=r.epochs,
+                                         lr=r.lr, batch_size=r.batch_size, weight_decay=r.weight_decay,
+                                         val_fraction=r.val_fraction, patience=r.patience, seed=r.seed)
+                    report = router.fit(X_pool[:k], R_pool[:k])
+                    metrics = routing_metrics(router.scores(X_held), R_held, R_pool[:k], names)
+                    results.append({"backbone": backbone, "probe_size": k, **metrics,
+                                    "fallback_to_bias": getattr(report, "fallback_to_bias", None)})
+            out = {"teachers": names, "held_out": len(held), "alpha": cfg.reward.alpha,
+                   "generations_this_invocation": run.generated,
+                   "generations_needed": len(pairs), "results": results}
+        finally:
+            run.executor.close()
+            run.store.close()
+    out_path = out_path or cfg.path / "router_eval.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def _embed(cfg: RunConfig, backbone: str, pool: list[Prompt], held: list[Prompt]) -> tuple[np.ndarray, np.ndarray]:
+    spec = backbone
+    if backbone == "student":
+        if cfg.student is None:
+            raise ConfigError("backbone 'student' needs a student", key="compare.router_eval.backbones")
+        spec = cfg.student.model
+    r = cfg.router
+    embedder = Embedder(spec, pooling=r.pooling, layers=r.layers, max_length=r.max_length,
+                        batch_size=r.embed_batch_size, trust_remote_code=r.trust_remote_code,
+                        cache_path=cfg.path / "embeddings.sqlite")
+    try:
+        return embedder.embed([p.text for p in pool]), embedder.embed([p.text for p in held])
+    finally:
+        embedder.close()

@@ -1,0 +1,146 @@
+"""Selection strategies on recorded pools whose qualities and learnabilities are known in advance."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from persyn.config import parse_config
+from persyn.errors import ConfigError
+from persyn.pipeline import load_stage, open_run, run_stages
+from persyn.strategies import SelectionContext, build_dataset, car_values, make_strategy
+
+# teacher -> (family, mean quality, mean learnability). Strong = a; CAR(beta=1) = b: 0.6/1.5 > 0.3/1.2 > 0.9/4.
+POOL = {"a": ("x", 0.9, -3.0), "b": ("y", 0.6, -0.5), "c": ("y", 0.3, -0.2)}
+
+
+def write_pool(tmp_path, n=200, seed=0):
+    rng = random.Random(seed)
+    prompts = [f"Question {i}: tell me about {rng.randint(0, 10**6)}." for i in range(n)]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"instruction": p}) + "\n" for p in prompts))
+    table = {}
+    for t, (_, q, lrn) in POOL.items():
+        rows = []
+        for p in prompts:
+            row = {"instruction": p, "output": f"{t}: {p}", "quality": q + rng.uniform(-0.25, 0.25),
+                   "learnability": lrn + rng.uniform(-0.15, 0.15)}
+            table[(p, t)] = (row["quality"], row["learnability"])
+            rows.append(row)
+        (tmp_path / f"{t}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return prompts, table
+
+
+def pool_config(tmp_path, tiny_lm_dir, **compare):
+    return parse_config({
+        "run_dir": str(tmp_path / "run"),
+        "prompts": {"path": str(tmp_path / "prompts.jsonl"), "field": "instruction"},
+        "teachers": [{"name": t, "backend": "recorded", "model": str(tmp_path / f"{t}.jsonl"), "family": fam}
+                     for t, (fam, _, _) in POOL.items()],
+        "student": {"model": str(tiny_lm_dir), "family": "y"},
+        "quality": {"kind": "field"},
+        "reward": {"alpha": 0.4},
+        "probe": {"size": 40},
+        "router": {"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 10},
+        "compare": compare,
+    })
+
+
+@pytest.fixture
+def pool(tmp_path, tiny_lm_dir):
+    prompts, table = write_pool(tmp_path)
+    cfg = pool_config(tmp_path, tiny_lm_dir)
+    run_stages(cfg, ("probe", "score"))
+    run = open_run(cfg)
+    ctx = SelectionContext(run, load_stage(run), cfg.compare)
+    yield ctx, prompts, table
+    run.store.close()
+
+
+def by_hand_rewards(prompts, table, alpha=0.4):
+    """Eq. 2 with per-prompt min-max normalisation, written out independently of persyn.scoring."""
+    names = list(POOL)
+    out = []
+    for p in prompts:
+        q = np.array([table[(p, t)][0] for t in names])
+        lrn = np.array([table[(p, t)][1] for t in names])
+        qn, ln = (q - q.min()) / (q.max() - q.min()), (lrn - lrn.min()) / (lrn.max() - lrn.min())
+        out.append((1 - alpha) * qn + alpha * ln)
+    return np.array(out)
+
+
+def test_oracle_is_the_per_prompt_argmax_and_needs_every_response(pool, tmp_path):
+    ctx, prompts, table = pool
+    generated_before = ctx.run.generated
+    sel = make_strategy("oracle").select(ctx)
+    expected = by_hand_rewards([p.text for p in ctx.prompts], table).argmax(1)
+    assert sel.teachers == [list(POOL)[i] for i in expected]
+    assert len(set(sel.teachers)) == 3  # the per-prompt choice really varies
+    summary = build_dataset(ctx, sel, tmp_path / "oracle")
+    n, k = len(prompts), 40
+    assert ctx.run.generated - generated_before == (n - k) * 3  # only what the probe lacked
+    assert summary["needs_all_responses"] and summary["generations_needed"] == n * 3 == summary["generations"]
+    # Nothing the store holds is generated again.
+    again = ctx.run.generated
+    build_dataset(ctx, make_strategy("strong").select(ctx), tmp_path / "strong")
+    assert ctx.run.generated == again
+
+
+def test_car_uses_the_formula_over_every_prompt(pool):
+    ctx, _, table = pool
+    sel = make_strategy("car").select(ctx)
+    names = list(POOL)
+    q = np.array([[table[(p.text, t)][0] for t in names] for p in ctx.prompts])
+    lrn = np.array([[table[(p.text, t)][1] for t in names] for p in ctx.prompts])
+    car = q.mean(0) / (1 + 1.0 * (-lrn).mean(0))
+    assert sel.info["teacher"] == names[int(car.argmax())] == "b"
+    assert set(sel.teachers) == {"b"}
+    np.testing.assert_allclose([sel.info["car"][t] for t in names], car)
+    np.testing.assert_allclose(car_values(q, lrn, 0.0), q.mean(0))  # beta = 0 is plain mean quality
+
+
+def test_strong_family_strong_and_random(pool, tmp_path):
+    ctx, prompts, _ = pool
+    strong = make_strategy("strong").select(ctx)
+    assert set(strong.teachers) == {"a"}
+    fam = make_strategy("family-strong").select(ctx)
+    assert set(fam.teachers) == {"b"}  # the strongest of the student's family y = {b, c}
+    rnd = make_strategy("random").select(ctx)
+    shares = [rnd.teachers.count(t) / len(prompts) for t in POOL]
+    assert all(abs(s - 1 / 3) < 0.1 for s in shares)
+    assert make_strategy("random").select(ctx).teachers == rnd.teachers  # seeded
+    summary = build_dataset(ctx, strong, tmp_path / "strong")
+    assert summary["rows"] == len(prompts) and summary["teacher_counts"] == {"a": 200, "b": 0, "c": 0}
+    assert summary["generations_needed"] == len(prompts) + 40 * 2  # its dataset plus the probe it reads
+    rows = [json.loads(line) for line in (tmp_path / "strong" / "dataset.jsonl").read_text().splitlines()]
+    assert rows[0]["messages"][1]["content"].startswith("a: ") and rows[0]["source"] == "strong"
+    assert [r["id"] for r in rows] == [p.id for p in ctx.prompts]
+
+
+def test_mix_ratio_is_one_to_four_within_tolerance(pool):
+    ctx, prompts, _ = pool
+    sel = make_strategy("mix").select(ctx)
+    assert sel.info["strong"] == "a" and sel.info["weak"] == "c"
+    assert set(sel.teachers) == {"a", "c"}
+    assert abs(sel.teachers.count("a") / len(prompts) - 0.2) < 0.08
+
+
+def test_family_strong_without_a_family_is_a_config_error(tmp_path, tiny_lm_dir):
+    write_pool(tmp_path, n=50)
+    cfg = pool_config(tmp_path, tiny_lm_dir)
+    cfg.student.family = "z"
+    run_stages(cfg, ("probe", "score"))
+    run = open_run(cfg)
+    with pytest.raises(ConfigError, match="student.family"):
+        make_strategy("family-strong").select(SelectionContext(run, load_stage(run), cfg.compare))
+    with pytest.raises(ConfigError, match="compare.strategies"):
+        make_strategy("best")
+    run.store.close()
+
+
+def test_unknown_strategy_in_config_names_the_key(tmp_path, tiny_lm_dir):
+    write_pool(tmp_path, n=5)
+    with pytest.raises(ConfigError, match="compare.strategies"):
+        pool_config(tmp_path, tiny_lm_dir, strategies=["persyn", "stronk"])
