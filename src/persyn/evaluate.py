@@ -13,12 +13,12 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from persyn.chat import FEW_SHOT_STOP, format_prompt, uses_few_shot
 from persyn.errors import ConfigError, InputError, PersynError
+from persyn.scoring.quality import answers_match, extract_answer, reference_answer
 from persyn.train import resolve_model
 
 log = logging.getLogger(__name__)
@@ -134,47 +134,16 @@ def _format(tokenizer: Any, prompt: str, chat_template: str | None) -> tuple[str
 
 # ---------------------------------------------------------------- GSM8K
 
-_NUMBER = r"-?[\d,]*\.?\d+"
-
-
-def _fallback_extract_answer(text: str) -> str | None:
-    """The number after the last '####', else after 'answer is', else the last number in the text."""
-    for pattern in (rf"####\s*\$?\s*({_NUMBER})", rf"answer is[:\s]*\$?\s*({_NUMBER})"):
-        found = re.findall(pattern, text, flags=re.IGNORECASE)
-        if found:
-            return found[-1].replace(",", "")
-    numbers = re.findall(_NUMBER, text)
-    return numbers[-1].replace(",", "") if numbers else None
-
-
-def _fallback_answers_match(predicted: str | None, reference: str | None) -> bool:
-    if predicted is None or reference is None:
-        return False
-    try:
-        return Fraction(predicted.replace(",", "")) == Fraction(reference.replace(",", ""))
-    except (ValueError, ZeroDivisionError):
-        return predicted.strip() == reference.strip()
-
-
-def _answer_functions() -> tuple[Callable[[str], str | None], Callable[[str | None, str | None], bool]]:
-    """persyn.scoring.quality's extraction when it is there; the private fallback above until then."""
-    try:
-        from persyn.scoring.quality import answers_match, extract_answer
-    except ImportError:
-        return _fallback_extract_answer, _fallback_answers_match
-    return extract_answer, answers_match
-
-
 def gsm8k_reference(answer: str) -> str:
     """The final answer of a GSM8K solution: what follows '#### ' on its last line."""
-    return answer.rsplit("####", 1)[-1].strip().replace(",", "")
+    return reference_answer(answer)
 
 
 def score_gsm8k(prediction: str, reference: str) -> tuple[str | None, bool]:
-    """(extracted answer, correct) for a model's output against a reference final answer."""
-    extract, match = _answer_functions()
-    extracted = extract(prediction)
-    return extracted, extracted is not None and bool(match(extracted, reference))
+    """(extracted answer, correct) for a model's output against a reference final answer (exact numeric match,
+    with persyn.scoring.quality's extraction, the same as teacher quality scoring)."""
+    extracted = extract_answer(prediction)
+    return extracted, answers_match(extracted, reference)
 
 
 def gsm8k_shots(shots: int, shots_path: str | Path | None) -> list[tuple[str, str]]:
