@@ -33,10 +33,11 @@ def router_eval_cmd(
     cfg = _config(config)
     result = router_eval(cfg, backbones=backbone, probe_sizes=probe_size, held_out=held_out, out_path=out)
     table = Table(title=f"router on {result['held_out']} held-out prompts (alpha {result['alpha']})")
-    cols = ("backbone", "probe_size", "hit1", "hit3", "router", "oracle", "best_single", "random", "gap_captured",
-            "best_single_teacher")
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("backbone", "best_single_teacher") else "right")
+    cols = {"backbone": "backbone", "probe_size": "probe", "hit1": "Hit@1", "hit3": "Hit@3", "router": "router",
+            "oracle": "oracle", "best_single": "best single", "random": "random", "gap_captured": "gap captured",
+            "best_single_teacher": "best teacher"}
+    for c, title in cols.items():
+        table.add_column(title, justify="left" if c in ("backbone", "best_single_teacher") else "right")
     for row in result["results"]:
         table.add_row(*[_fmt(row.get(c)) for c in cols])
     console.print(table)

@@ -1,0 +1,66 @@
+"""A tiny `persyn compare` end to end (the CI run): the example config with tiny models, then a resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from persyn.cli import main
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "compare_tiny.yaml"
+
+
+def tiny_example(tmp_path, shared_data, tiny_lm_dir) -> Path:
+    """The shipped example with absolute data paths, the tiny model as student and router, fewer items."""
+    data = yaml.safe_load(EXAMPLE.read_text())
+    text = json.dumps(data).replace("../shared/data", str(shared_data))
+    data = json.loads(text)
+    data["run_dir"] = str(tmp_path / "run")
+    data["prompts"]["limit"] = 24
+    data["probe"]["size"] = 12
+    data["student"] = {"model": str(tiny_lm_dir), "max_length": 256}
+    data["router"] = {"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 10}
+    data["train"] = {"max_steps": 2, "batch_size": 2, "max_length": 128}
+    for bench in data["eval"]["benchmarks"]:
+        bench.update(n=2, max_new_tokens=8)
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_tiny_compare_trains_evaluates_reports_and_resumes(tmp_path, shared_data, tiny_lm_dir, capsys):
+    config = tiny_example(tmp_path, shared_data, tiny_lm_dir)
+    main(["compare", str(config)])
+    assert "report.md" in capsys.readouterr().out
+    out = tmp_path / "run" / "compare"
+    results = json.loads((out / "results.json").read_text())
+    strategies = results["strategies"]
+    assert list(strategies) == ["persyn", "oracle", "strong", "mix", "car", "random"]
+    for name, entry in strategies.items():
+        rows = (out / name / "dataset.jsonl").read_text().splitlines()
+        assert len(rows) == entry["rows"] == 24  # same prompts, same size
+        assert len(entry["runs"]) == (2 if name in ("persyn", "strong") else 1)
+        for run in entry["runs"]:
+            assert run["steps"] == 2
+            assert set(run["eval"]) == {"ifeval", "gsm8k"} and run["eval"]["gsm8k"]["n"] == 2
+    assert strategies["oracle"]["generations_needed"] == 24 * 3 and strategies["oracle"]["needs_all_responses"]
+    assert strategies["random"]["generations_needed"] == 24
+    assert strategies["persyn"]["generations_needed"] == 12 * 3 + 12
+    # The same seed and data give the same student; another seed a different one.
+    p0, p1 = (strategies["persyn"]["runs"][i]["train_loss"] for i in (0, 1))
+    assert p0 != p1
+    report = (out / "report.md").read_text()
+    assert "| strategy | ifeval prompt_level_strict_acc | ifeval inst_level_loose_acc | gsm8k accuracy |" in report
+    assert "± " in report  # two seeds give a spread
+    for png in ("teacher_shares.png", "reward_distributions.png", "cost_vs_score.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # Resume: nothing is trained or evaluated again.
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("train_result.json")} | \
+             {p: p.stat().st_mtime_ns for p in out.rglob("*.done.json")}
+    assert len(stamps) == 8 + 8 * 2 + 2  # 8 trainings, 2 benchmarks each, and the base model
+    main(["compare", str(config)])
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    again = json.loads((out / "results.json").read_text())["strategies"]
+    assert again["strong"]["runs"] == strategies["strong"]["runs"]

@@ -1,0 +1,73 @@
+"""Router metrics on a synthetic case with known values, and `persyn router-eval` over a recorded pool."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from test_pipeline import recorded_config, recorded_pool
+
+from persyn.cli import main
+from persyn.router_eval import routing_metrics, split_prompts
+
+
+def test_metrics_on_a_known_case():
+    nan = np.nan
+    R = np.array([[1.0, 0.0, 0.5],   # router picks 0: best -> hit1
+                  [0.0, 1.0, 0.2],   # router picks 2: second best -> hit3 only
+                  [0.2, 0.9, 0.1],   # router picks 1: best
+                  [0.4, nan, 0.6],   # router's top (1) has no response: falls to 2, the best present
+                  [nan, nan, nan]])  # no responses: left out
+    scores = np.array([[3, 1, 2], [0, 1, 2], [0, 5, 1], [0, 9, 1], [1, 2, 3]], dtype=float)
+    m = routing_metrics(scores, R, R_train=np.array([[0.0, 1.0, 0.0]]), names=["a", "b", "c"])
+    assert m["prompts"] == 4
+    assert m["hit1"] == 0.75 and m["hit3"] == 1.0
+    assert m["router"] == pytest.approx((1.0 + 0.2 + 0.9 + 0.6) / 4)
+    assert m["oracle"] == pytest.approx((1.0 + 1.0 + 0.9 + 0.6) / 4)
+    # Per-teacher means: a (1+0+0.2+0.4)/4 = 0.4, b (0+1+0.9)/3 = 0.633, c (0.5+0.2+0.1+0.6)/4 = 0.35.
+    assert m["best_single_teacher"] == "b" and m["best_single"] == pytest.approx(1.9 / 3)
+    assert m["random"] == pytest.approx((0.5 + 0.4 + 0.4 + 0.5) / 4)
+    assert m["gap_captured"] == pytest.approx((0.675 - 1.9 / 3) / (0.875 - 1.9 / 3))
+    assert m["probe_pick_teacher"] == "b" and m["probe_pick"] == pytest.approx(1.9 / 3)
+    assert m["routed_shares"] == {"a": 0.25, "b": 0.25, "c": 0.5}
+
+
+def test_gap_is_undefined_when_one_teacher_is_always_best():
+    R = np.array([[1.0, 0.0], [1.0, 0.5]])
+    m = routing_metrics(np.array([[1.0, 0.0], [0.0, 1.0]]), R)
+    assert m["gap_captured"] is None and m["hit1"] == 0.5
+
+
+def test_split_keeps_held_out_outside_the_training_pool():
+    from persyn.prompts import Prompt
+
+    prompts = [Prompt(f"p{i}", f"t{i}") for i in range(30)]
+    probe = {f"p{i}" for i in range(10)}
+    pool, held = split_prompts(prompts, probe, held_out=8, pool_size=15, seed=0)
+    assert len(held) == 8 and len(pool) == 15
+    assert not {p.id for p in held} & probe and not {p.id for p in held} & {p.id for p in pool}
+    assert {p.id for p in pool[:10]} == probe  # the probe comes first
+
+
+def test_router_eval_command_learns_the_topic_map(tmp_path, capsys, tiny_lm_dir):
+    recorded_pool(tmp_path, n=90)
+    cfg = recorded_config(tmp_path, probe={"size": 30},
+                          compare={"router_eval": {"held_out": 30, "probe_sizes": [6, 30]}})
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    main(["router-eval", str(config), "--backbone", "all-minilm-l6-v2", "--backbone", str(tiny_lm_dir)])
+    out = capsys.readouterr().out
+    assert "held-out" in out and "Hit@1" in out
+    result = json.loads((tmp_path / "run" / "router_eval.json").read_text())
+    assert result["held_out"] == 30 and result["generations_needed"] == (30 + 30) * 3
+    rows = {(r["backbone"], r["probe_size"]): r for r in result["results"]}
+    assert len(rows) == 4
+    minilm = rows[("all-minilm-l6-v2", 30)]
+    # Topics decide the best teacher; a sentence encoder sees topics, so routing beats any single teacher.
+    assert minilm["hit1"] > 0.8 and minilm["gap_captured"] > 0.5
+    assert minilm["oracle"] >= minilm["router"] >= minilm["random"]
+    # Everything is in the store now: a second run generates nothing.
+    main(["router-eval", str(config), "--probe-size", "30"])
+    assert "0 new" in capsys.readouterr().out
