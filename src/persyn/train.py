@@ -39,6 +39,11 @@ class TrainConfig(BaseModel):
     `lora=True` (r=16, alpha=32, all linear layers; the adapter is merged into the saved checkpoint, so it
     loads as a plain model) with `learning_rate=1e-4..2e-4`, and `gradient_checkpointing=True` when
     activations do not fit.
+
+    Measured (SmolLM2-135M shape, 256-token rows, full fine-tuning): one H100 takes ~0.13 s per 4-row step
+    (bf16 and fp32 alike: a model this small is launch-bound) and ~0.26 s per 32-row step (16 x 2 accumulation),
+    so use large batches there; LoRA is slower than full fine-tuning at this size (~0.31 s per 4-row step).
+    A 2-core CPU takes ~95 s per 4-row step: CPU runs are for tests and smoke checks only.
     """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
