@@ -64,3 +64,33 @@ def test_tiny_compare_trains_evaluates_reports_and_resumes(tmp_path, shared_data
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     again = json.loads((out / "results.json").read_text())["strategies"]
     assert again["strong"]["runs"] == strategies["strong"]["runs"]
+
+
+def test_train_and_eval_commands(tmp_path, tiny_lm_dir, shared_data, capsys):
+    rows = [{"id": f"p{i}", "messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                                         {"role": "assistant", "content": f"{i} + {i} = {2 * i}. #### {2 * i}"}]}
+            for i in range(8)]
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "student"
+    main(["train", str(dataset), "--model", str(tiny_lm_dir), "--output-dir", str(out), "--max-steps", "2",
+          "--batch-size", "2"])
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert (out / "model.safetensors").is_file()
+    main(["eval", str(out), "--output-dir", str(tmp_path / "ev"), "--gsm8k", str(shared_data / "gsm8k" / "test.jsonl"),
+          "--n", "2", "--max-new-tokens", "4"])
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["results"]["gsm8k"]["n"] == 2
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_lm_dir, capsys):
+    import pytest
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(bad), "--model", str(tiny_lm_dir), "--output-dir", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "bad.jsonl" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(tiny_lm_dir), "--output-dir", str(tmp_path / "e")])
+    assert exc.value.code == 2

@@ -120,14 +120,14 @@ def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: b
     do_train = cfg.compare.train if train is None else train
     seeds_for = cfg.compare.seeds_for
     for name in names:
-        entry = {**summaries[name], "runs": []}
-        results["strategies"][name] = entry
-        _write(out / "results.json", results)
-        if not do_train:
-            continue
-        seeds = cfg.compare.seeds if seeds_for is None or name in seeds_for else cfg.compare.seeds[:1]
-        for seed in seeds:
-            entry["runs"].append(train_and_eval(cfg, name, seed))
+        results["strategies"][name] = {**summaries[name], "runs": []}
+    _write(out / "results.json", results)
+    # Seed-major, so an interrupted run has every strategy's first seed before any second one.
+    for i, seed in enumerate(cfg.compare.seeds if do_train else []):
+        for name in names:
+            if i > 0 and seeds_for is not None and name not in seeds_for:
+                continue
+            results["strategies"][name]["runs"].append(train_and_eval(cfg, name, seed))
             _write(out / "results.json", results)
     if do_train and base_eval and cfg.eval.benchmarks:
         tcfg = train_config(cfg, out / "base", 0)
