@@ -377,7 +377,9 @@ def model_identity(spec: str) -> str:
         marker = path / CONVERTED_MARKER
         if marker.exists():
             info = json.loads(marker.read_text())
-            return f"registry:{info['registry']}" if "registry" in info else f"gguf:{info['gguf_sha256']}"
+            if info.get("registry") in REGISTRY:
+                return model_identity(info["registry"])
+            return f"gguf:{info['gguf_sha256']}"
         digest = hashlib.sha256()
         for f in sorted(path.iterdir()):
             if f.name == "config.json" or f.suffix == ".safetensors" or f.name == "tokenizer.json":

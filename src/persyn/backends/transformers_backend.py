@@ -79,14 +79,14 @@ class TransformersBackend:
             self._model, self._tokenizer = load_causal_lm(self.teacher.model, dtype=self.dtype, device=self.device,
                                                           trust_remote_code=self.teacher.trust_remote_code)
             self.few_shot = uses_few_shot(self._tokenizer, self.teacher.few_shot, self.chat_template)
+            self._bos = _bos_text(self._tokenizer)
         return self._model, self._tokenizer
 
     def generate(self, requests: list[GenRequest]) -> Iterator[GenResult]:
         if not requests:
             return
         model, tokenizer = self._load()
-        texts = {r.key: format_prompt(tokenizer, r.prompt, chat_template=self.chat_template,
-                                      few_shot=self.few_shot) for r in requests}
+        texts = {r.key: self._prompt_text(r.prompt) for r in requests}
         lengths = {k: len(tokenizer(t, add_special_tokens=False).input_ids) for k, t in texts.items()}
         groups: dict[GenParams, list[GenRequest]] = {}
         for r in requests:
@@ -95,6 +95,13 @@ class TransformersBackend:
             group.sort(key=lambda r: lengths[r.key])  # similar lengths together: less padding
             for start in range(0, len(group), self.batch_size):
                 yield from self._run_batch(group[start:start + self.batch_size], texts, params)
+
+    def _prompt_text(self, prompt: str) -> str:
+        text = format_prompt(self._tokenizer, prompt, chat_template=self.chat_template, few_shot=self.few_shot)
+        # Models trained with a BOS (Gemma) need it; chat templates usually write it, few-shot text never does.
+        if self._bos and not text.startswith(self._bos):
+            text = self._bos + text
+        return text
 
     def _run_batch(self, batch: list[GenRequest], texts: dict[str, str], params: GenParams) -> list[GenResult]:
         import torch
@@ -151,6 +158,15 @@ class TransformersBackend:
     def close(self) -> None:
         # The model stays in persyn.models' cache, where the student may reuse it; unload_all() frees it.
         self._model = self._tokenizer = None
+
+
+def _bos_text(tokenizer: Any) -> str | None:
+    """The BOS token's text when the tokenizer is set to add one (checked by tokenizing), else None."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return tokenizer.bos_token if ids and ids[0] == bos else None
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
