@@ -99,25 +99,31 @@ class _Encoder:
         self.eot = end_of_turn_id(self.tokenizer, chat_template=self.chat_template, few_shot=self.few_shot)
         self.bos = self.tokenizer.bos_token_id if _adds_bos(self.tokenizer) else None
 
-    def __call__(self, prompt: str, response: str) -> Encoded | None:
-        if not response.strip():
-            return None
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[Encoded | None]:
         tok = self.tokenizer
-        prompt_text = format_prompt(tok, prompt, chat_template=self.chat_template, few_shot=self.is_few_shot)
-        p = tok(prompt_text, add_special_tokens=False)["input_ids"]
+        todo = [i for i, r in enumerate(responses) if r.strip()]
+        prompt_texts = [format_prompt(tok, prompts[i], chat_template=self.chat_template, few_shot=self.is_few_shot)
+                        for i in todo]
+        response_texts = [format_response(pt, responses[i], few_shot=self.is_few_shot)
+                          for pt, i in zip(prompt_texts, todo, strict=True)]
+        # one tokenizer call per side: the fast tokenizer encodes a list in a single Rust call
+        p_ids = tok(prompt_texts, add_special_tokens=False)["input_ids"] if todo else []
+        r_ids = tok(response_texts, add_special_tokens=False)["input_ids"] if todo else []
+        out: list[Encoded | None] = [None] * len(responses)
+        for i, p, r in zip(todo, p_ids, r_ids, strict=True):
+            out[i] = self._join(list(p), list(r))
+        return out
+
+    def _join(self, p: list[int], r: list[int]) -> Encoded | None:
         if self.bos is not None and (not p or p[0] != self.bos):
             p = [self.bos, *p]  # the chat template did not write the BOS the model was trained with
-        r = tok(format_response(prompt_text, response, few_shot=self.is_few_shot), add_special_tokens=False)
-        r = list(r["input_ids"])
         if self.eot is not None:
             r.append(self.eot)
         truncated = len(p) + len(r) > self.max_length
         if truncated:
             p = p[-(self.max_length - 1):]
             r = r[: self.max_length - len(p)]
-        start = len(p)
-        if start == 0:  # nothing to condition the first token on: it cannot be scored
-            start = 1
+        start = max(len(p), 1)  # with no prompt token at all, the first response token cannot be scored
         if start >= len(p) + len(r):
             return None
         return Encoded(ids=p + r, start=start, truncated=truncated)
@@ -139,8 +145,10 @@ def _batches(encoded: list[tuple[int, Encoded]], batch_tokens: int) -> Iterator[
 
 def _head_parts(model: Any) -> tuple[Any, Any, float | None] | None:
     """(decoder, lm_head, softcap) when the model's logits are lm_head(decoder hidden states) [soft-capped]."""
+    from transformers import PreTrainedModel
+
     config = model.config
-    if config.model_type not in _PLAIN_HEAD_TYPES:
+    if not isinstance(model, PreTrainedModel) or config.model_type not in _PLAIN_HEAD_TYPES:  # e.g. PEFT wrappers
         return None
     decoder, head = getattr(model, "model", None), getattr(model, "lm_head", None)
     if decoder is None or head is None:
@@ -227,8 +235,7 @@ def learnability_scores(model: Any, tokenizer: Any, prompts: list[str], response
     if max_length < 2:
         raise ValueError("max_length must leave room for one prompt and one response token")
     encode = _Encoder(tokenizer, chat_template, few_shot, max_length)
-    encoded = [(i, encode(p, r)) for i, (p, r) in enumerate(zip(prompts, responses, strict=True))]
-    present = [(i, e) for i, e in encoded if e is not None]
+    present = [(i, e) for i, e in enumerate(encode(prompts, responses)) if e is not None]
     values: list[float | None] = [None] * len(prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = _device(model)
@@ -244,7 +251,7 @@ def learnability_scores(model: Any, tokenizer: Any, prompts: list[str], response
 def naive_learnability(model: Any, tokenizer: Any, prompt: str, response: str, *, chat_template: str | None = None,
                        few_shot: bool | None = None, max_length: int = 1024) -> float:
     """Reference: one unpadded forward pass, full logits, log_softmax, mean over the response tokens."""
-    e = _Encoder(tokenizer, chat_template, few_shot, max_length)(prompt, response)
+    e = _Encoder(tokenizer, chat_template, few_shot, max_length)([prompt], [response])[0]
     if e is None:
         raise ValueError("empty response: learnability is undefined")
     ids = torch.tensor([e.ids], device=_device(model))
