@@ -151,7 +151,7 @@ def test_load_causal_lm_is_shared_and_unloadable(tiny_lm_dir):
     model, tok = models.load_causal_lm(str(tiny_lm_dir))
     again, tok_again = models.load_causal_lm(str(tiny_lm_dir))
     assert again is model and tok_again is tok and models.load_tokenizer(str(tiny_lm_dir)) is tok
-    assert model.dtype == torch.float32 and not model.training
+    assert model.dtype == (torch.bfloat16 if torch.cuda.is_available() else torch.float32) and not model.training
     assert model.config._attn_implementation == "sdpa"
     assert models.load_causal_lm(str(tiny_lm_dir), dtype="bfloat16")[0].dtype == torch.bfloat16
     with pytest.raises(ConfigError, match="unknown dtype"):

@@ -98,7 +98,7 @@ def test_few_shot_stops_at_the_next_question(tiny_lm_dir, monkeypatch):
     def scripted(**kwargs):
         seen.update(kwargs)
         ids = kwargs["input_ids"]
-        extra = torch.tensor([continuation] * ids.shape[0], dtype=ids.dtype)
+        extra = torch.tensor([continuation] * ids.shape[0], dtype=ids.dtype, device=ids.device)
         return torch.cat([ids, extra[:, :kwargs["max_new_tokens"]]], dim=1)
 
     monkeypatch.setattr(model, "generate", scripted)
