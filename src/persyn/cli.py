@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from persyn.errors import PersynError
@@ -119,17 +120,23 @@ def models_list() -> None:
 from persyn import cli_experiments  # noqa: E402,F401
 
 
+def _interrupted() -> None:
+    Console(stderr=True).print("\ninterrupted: everything finished so far is saved; run the same command "
+                               "again to resume.", highlight=False, soft_wrap=True)
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode Typer returns exit codes instead of exiting: 130 is its Ctrl-C.
+        code = app(args=argv, standalone_mode=False)
     except PersynError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        # escape: "p.jsonl:2 [prompt]" and "teachers[b]" are not Rich markup
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        Console(stderr=True).print("\ninterrupted: everything finished so far is saved; run the same command "
-                                   "again to resume.")
-        sys.exit(130)
+        _interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # click usage errors
@@ -139,8 +146,12 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(2)
         if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
+            _interrupted()
         raise
+    if code == 130:
+        _interrupted()
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

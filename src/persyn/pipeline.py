@@ -339,6 +339,42 @@ STAGE_FUNCS: dict[str, Callable[[Run], object]] = {
 }
 
 
+def preflight(run: Run) -> None:
+    """Fail before any paid work on what can be checked up front: unknown backends, teachers that cannot be set
+    up (a missing responses file or API key) and missing local models."""
+    from persyn.backends.base import backend_kinds
+    from persyn.executors.local import LocalExecutor
+
+    cfg = run.cfg
+    kinds = backend_kinds()
+    for t in cfg.teachers:
+        if t.backend not in kinds:
+            raise ConfigError(f"unknown backend {t.backend!r}; known: {', '.join(kinds)}",
+                              key=f"teachers.{t.name}.backend")
+    if not isinstance(run.executor, LocalExecutor):
+        return  # remote workers build their own backends, and model paths may exist only there
+    for t in cfg.teachers:
+        run.executor.backend(t)  # built once here and reused; loads no model
+    for t in cfg.teachers:
+        if t.backend == "transformers" and t.model:
+            _check_model(t.model, f"teachers.{t.name}.model")
+    if cfg.student is not None and not cfg.student.server_url:
+        _check_model(cfg.student.model, "student.model")
+    if cfg.router.backbone != "student":
+        _check_model(cfg.router.backbone, "router.backbone")
+
+
+def _check_model(spec: str, key: str) -> None:
+    from persyn.models import REGISTRY, resolve
+
+    if spec in REGISTRY or Path(spec).expanduser().is_file():
+        return  # fetched or converted on first use
+    try:
+        resolve(spec)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), key=key) from None
+
+
 def open_run(cfg: RunConfig) -> Run:
     return Run(cfg, Store.open(cfg.run_dir), make_executor(cfg))
 
@@ -349,6 +385,7 @@ def run_stages(cfg: RunConfig, stages: tuple[str, ...] | list[str] = STAGES) -> 
     with RunLock(cfg.path):
         run = open_run(cfg)
         try:
+            preflight(run)
             t0 = time.perf_counter()
             load_stage(run)
             run.stage_seconds["prompts"] = time.perf_counter() - t0

@@ -29,6 +29,10 @@ def prompt_id(text: str) -> str:
     return "p" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__).splitlines()[0]
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
@@ -43,6 +47,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
             except json.JSONDecodeError as exc:
                 raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})", file=str(path),
                                  line=lineno) from None
+            except (ValueError, RecursionError) as exc:  # an integer too long to convert, nesting too deep
+                raise InputError(f"malformed JSON: {_first_line(exc)}", file=str(path), line=lineno) from None
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -53,6 +59,8 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
     except json.JSONDecodeError as exc:
         raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})", file=str(path),
                          line=exc.lineno) from None
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"malformed JSON: {_first_line(exc)}", file=str(path)) from None
     if isinstance(data, dict):  # {"data": [...]} and similar single-key wrappers
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -146,7 +154,13 @@ def _text(value: Any, *, source: str, line: int, field: str, required: bool) -> 
         return None
     if isinstance(value, (dict, list)):
         raise InputError("expected text, got a JSON " + type(value).__name__, file=source, line=line, field=field)
-    return str(value)
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON "\ud800": a lone surrogate, which no UTF-8 file can hold
+        raise InputError(f"invalid Unicode (lone surrogate at character {exc.start})", file=source, line=line,
+                         field=field) from None
+    return text
 
 
 def load_prompts(cfg: PromptsConfig, *, require_reference: bool = False) -> list[Prompt]:
