@@ -367,12 +367,16 @@ def preflight(run: Run) -> None:
 def _check_model(spec: str, key: str) -> None:
     from persyn.models import REGISTRY, resolve
 
-    if spec in REGISTRY or Path(spec).expanduser().is_file():
+    path = Path(spec).expanduser()
+    if spec in REGISTRY or path.is_file():
         return  # fetched or converted on first use
     try:
         resolve(spec)
     except ConfigError as exc:
         raise ConfigError(str(exc), key=key) from None
+    if path.is_dir() and (path / "config.json").exists() and not any(path.glob("*.safetensors")):
+        raise ConfigError(f"model {spec!r} has no .safetensors weights; persyn loads safetensors only and never "
+                          "unpickles a checkpoint such as pytorch_model.bin", key=key)
 
 
 def open_run(cfg: RunConfig) -> Run:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from persyn.errors import ConfigError, InputError
@@ -284,7 +285,7 @@ class BTRouter:
             tensors = load_file(str(weights_path))
             router = cls(meta["n_teachers"], meta["teacher_names"], **meta["hparams"])
             weight, bias, mean = (tensors[k].numpy() for k in ("weight", "bias", "mean"))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:  # missing, corrupt, tampered
             raise InputError(f"not a saved BT router ({type(exc).__name__}: {exc})", file=str(directory)) from exc
         if weight.shape != (router.n_teachers, mean.shape[0]) or bias.shape != (router.n_teachers,):
             raise InputError(f"weight shapes {weight.shape}, {bias.shape} do not match {router.n_teachers} "

@@ -148,6 +148,7 @@ class Embedder:
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=self.trust_remote_code)
             model = AutoModel.from_pretrained(self.model_dir, trust_remote_code=self.trust_remote_code,
+                                              use_safetensors=True,  # never unpickle a checkpoint
                                               dtype=torch.float32 if device == "cpu" else torch.bfloat16)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load embedding backbone {self.backbone!r} from {self.model_dir}: {exc}",

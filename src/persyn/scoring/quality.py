@@ -199,7 +199,7 @@ class RewardModelScorer:
         try:
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=cfg.trust_remote_code)
             model = AutoModelForSequenceClassification.from_pretrained(
-                location, trust_remote_code=cfg.trust_remote_code, dtype="auto")
+                location, trust_remote_code=cfg.trust_remote_code, dtype="auto", use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load reward model {cfg.model!r}: {exc}".splitlines()[0],
                               key="quality.model") from None
