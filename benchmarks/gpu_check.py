@@ -14,12 +14,12 @@ import argparse
 import json
 import random
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import forward_flops, gemm_peak, timed  # noqa: E402
 
 from persyn.scoring.learnability import learnability_scores  # noqa: E402
 
@@ -28,45 +28,6 @@ QWEN15 = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_h
               rope_theta=1e6)
 TINY = dict(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str, repeat: int = 1) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t0) / repeat
-
-
-def gemm_peak(device: str, dtype: torch.dtype, n: int) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    return 2 * n**3 / timed(lambda: a @ b, device, repeat=10)
-
-
-def body_params(model) -> int:
-    """Parameters multiplied once per token in the decoder layers (embeddings and head excluded)."""
-    return sum(p.numel() for n, p in model.model.layers.named_parameters() if p.dim() == 2)
-
-
-def forward_flops(model, seqs: list[tuple[int, int]]) -> float:
-    """Dense FLOPs of a causal forward over (prompt_len, response_len) sequences, head on response tokens only."""
-    c = model.config
-    d_attn = c.num_attention_heads * (c.hidden_size // c.num_attention_heads)
-    body = 2 * body_params(model)
-    total = 0.0
-    for p, r in seqs:
-        s = p + r
-        total += body * s + 2 * c.num_hidden_layers * s * s * d_attn + 2 * c.vocab_size * c.hidden_size * r
-    return total
 
 
 def make_texts(tokenizer, n: int, prompt_tokens: int, response_tokens: int, seed: int = 0):
@@ -95,7 +56,8 @@ def main() -> None:
     n_seq = 16 if args.tiny else args.sequences
     out: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": str(dtype)}
 
-    peak = gemm_peak(device, dtype, 8192 if device == "cuda" else 1024)
+    n = 8192 if device == "cuda" else 1024
+    peak = gemm_peak(device, dtype, [(n, n, n)])
     out["gemm_peak_tflops"] = round(peak / 1e12, 1)
     print(f"device {out['device']}, {dtype}: measured GEMM peak {peak / 1e12:.1f} TFLOP/s", flush=True)
 
@@ -173,7 +135,8 @@ def main() -> None:
         gen[f"batch{batch}"] = {"seconds": t, "tokens_per_s": batch * new / t}
     out["generation"] = gen
     for name, r in gen.items():
-        print(f"generation {name:<10}{r['tokens_per_s']:>10.0f} tok/s  {r['tokens_per_s'] / gen['batch1']['tokens_per_s']:.1f}x batch 1")
+        ratio = r["tokens_per_s"] / gen["batch1"]["tokens_per_s"]
+        print(f"generation {name:<10}{r['tokens_per_s']:>10.0f} tok/s  {ratio:.1f}x batch 1")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 
