@@ -249,10 +249,14 @@ def test_responses_longer_than_the_students_context_are_truncated_and_counted(tm
     cfg.update(reward={"alpha": 1.0}, student={"model": str(tiny_lm_dir), "max_length": 64},
                router={"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 5, "max_length": 32},
                probe={"size": 8})
-    main(["run", str(write_config(tmp_path, cfg))])
+    config = write_config(tmp_path, cfg)
+    main(["run", str(config)])
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     # Every long response (and the short ones behind the long prompt) was cut to fit, scored and counted.
-    assert summary["responses_truncated_for_scoring"] == len(long_ids) + 1
+    assert summary["responses_truncated_for_scoring"] == summary["responses_truncated_this_invocation"] == 4
+    main(["run", str(config)])  # a re-run scores nothing, and still reports the run's total
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["responses_truncated_for_scoring"] == 4 and summary["responses_truncated_this_invocation"] == 0
     scores = [json.loads(line) for line in (tmp_path / "run" / "scores.jsonl").read_text().splitlines()]
     assert len(scores) == 16 and all(s["learnability"] is not None and s["learnability"] < 0 for s in scores)
     assert summary["dataset_rows"] == 8

@@ -22,7 +22,7 @@ EXPECTED_GENERATIONS = PROBE * TEACHERS + (N_PROMPTS - PROBE)  # p*N + (|X| - p)
 SUMMARY_FIELDS = ("prompts", "probe_size", "teachers", "generations_total", "generations_expected",
                   "generate_then_select_generations", "generation_saving", "tokens_generated", "per_teacher",
                   "dataset_rows", "dataset_missing", "teacher_shares", "teacher_counts", "alpha",
-                  "failed_generations")
+                  "failed_generations", "responses_truncated_for_scoring")
 
 
 def write_config(tmp_path: Path, name: str, teacher_a: Path, teacher_b: Path) -> Path:
@@ -35,7 +35,7 @@ def write_config(tmp_path: Path, name: str, teacher_a: Path, teacher_b: Path) ->
         "prompts": {"path": str(prompts), "field": "q", "reference_field": "a"},
         "teachers": [{"name": "a", "backend": "logged", "model": str(teacher_a)},
                      {"name": "b", "backend": "logged", "model": str(teacher_b)}],
-        "student": {"model": str(teacher_a)},
+        "student": {"model": str(teacher_a), "max_length": 34},  # ~29 prompt tokens: long responses are cut
         "quality": {"kind": "math_answer"},
         "reward": {"alpha": 0.4},
         "probe": {"size": PROBE, "seed": 1},
@@ -115,7 +115,9 @@ def baseline(tmp_path_factory, tiny_lm_dir, tiny_lm_dir_b) -> dict:
     done = run_to_end(config, "none", log)
     assert done.returncode == 0, done.stderr
     assert_nothing_twice_nothing_lost(tmp / "run", log)
-    return outputs(tmp / "run")
+    result = outputs(tmp / "run")
+    assert result["summary"]["responses_truncated_for_scoring"] > 0  # counted once across kills and resumes
+    return result
 
 
 # (kill point, committed store rows it must leave behind: (generations, learnability scores, router saved))

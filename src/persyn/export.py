@@ -69,7 +69,7 @@ def export_run(run: Run) -> dict[str, Any]:
 
 
 def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], missing: list[str]) -> dict[str, Any]:
-    from persyn.pipeline import gen_key
+    from persyn.pipeline import gen_key, student_scorer_id
 
     cfg, store = run.cfg, run.store
     all_keys = {t.name: [gen_key(cfg, t, p) for p in prompts] for t in cfg.teachers}
@@ -83,6 +83,7 @@ def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], mis
         cost = sum(g.cost for g in gens) or (tokens + prompt_tokens) / 1000 * t.cost_per_1k_tokens
         per_teacher[t.name] = {"generations": len(gens), "completion_tokens": tokens, "cost": round(cost, 6)}
     shares = Counter(row["teacher"] for row in dataset)
+    truncated = store.truncated_total("learnability", student_scorer_id(cfg)) if cfg.student else 0
     n, k, T = len(prompts), len(probe), len(cfg.teachers)
     return {
         "prompts": n,
@@ -101,7 +102,8 @@ def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], mis
         "teacher_shares": {name: round(shares.get(name, 0) / max(1, len(dataset)), 4) for name in per_teacher},
         "teacher_counts": {name: shares.get(name, 0) for name in per_teacher},
         "router": store.get_meta("router_report"),
-        "responses_truncated_for_scoring": run.truncated,
+        "responses_truncated_for_scoring": truncated,  # by every invocation, for the current student
+        "responses_truncated_this_invocation": run.truncated,
         "alpha": cfg.reward.alpha,
         "stage_seconds": {s: round(v, 3) for s, v in run.stage_seconds.items()},
         "failed_generations": [{"prompt_id": p, "teacher": t, "error": e} for p, t, e in store.failed()],

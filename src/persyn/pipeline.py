@@ -204,7 +204,8 @@ def _score_learnability(run: Run, keys: list[str], gens: dict, prompt_of: dict[s
             chunk = missing[i : i + SCORE_CHUNK]
             result = run.executor.learnability(run.cfg.student, [prompt_of[k].text for k in chunk],
                                                [gens[k].text or "" for k in chunk])
-            run.store.add_scores("learnability", scorer_id, dict(zip(chunk, result.values, strict=True)))
+            run.store.add_scores("learnability", scorer_id, dict(zip(chunk, result.values, strict=True)),
+                                 truncated_count=result.truncated)
             run.truncated += result.truncated
             advance(len(chunk))
 

@@ -207,7 +207,9 @@ class Store:
         return out
 
     def add_scores(self, kind: str, scorer: str, values: dict[str, float | None],
-                   truncated: Iterable[str] = ()) -> None:
+                   truncated: Iterable[str] = (), truncated_count: int = 0) -> None:
+        """Store scores; `truncated_count` (responses cut to fit, when the scorer cannot say which) is added to
+        the scorer's running total in the same transaction, so a killed run neither loses nor repeats it."""
         trunc = set(truncated)
         now = time.time()
         with self.transaction():
@@ -215,6 +217,12 @@ class Store:
                 "INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?)",
                 [(k, kind, scorer, v, int(k in trunc), now) for k, v in values.items()],
             )
+            if truncated_count:
+                key = f"truncated:{kind}:{scorer}"
+                self.set_meta(key, self.get_meta(key, 0) + truncated_count)
+
+    def truncated_total(self, kind: str, scorer: str) -> int:
+        return self.get_meta(f"truncated:{kind}:{scorer}", 0)
 
     def count_truncated(self, scorer: str) -> int:
         return self.db.execute("SELECT COUNT(*) FROM scores WHERE kind='learnability' AND scorer=? AND truncated=1",
