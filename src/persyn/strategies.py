@@ -306,9 +306,13 @@ def selection_cost(ctx: SelectionContext, selection: Selection, *, uses_probe: b
 
 
 def selected_rewards(selection: Selection, names: list[str], rewards: np.ndarray) -> np.ndarray:
-    """Combined reward of each chosen response where it is known (probe prompts, or all after oracle/car)."""
+    """Combined reward of each chosen response where it is known (probe prompts, or all after oracle/car).
+
+    A prompt counts only when at least two teachers' responses have a reward: a lone empty response gets a
+    reward of 0 without any comparison, which says nothing."""
     index = {n: j for j, n in enumerate(names)}
-    values = [rewards[i, index[n]] for i, n in enumerate(selection.teachers) if n is not None]
+    compared = np.isfinite(rewards).sum(1) >= 2
+    values = [rewards[i, index[n]] for i, n in enumerate(selection.teachers) if n is not None and compared[i]]
     arr = np.asarray(values, dtype=float)
     return arr[np.isfinite(arr)]
 
