@@ -26,7 +26,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     questions, _ = gsm8k_pairs(args.n)
-    texts = [f"{q} (variant {i})" for i, q in enumerate(questions * (args.route // max(1, len(questions)) + 1))]
+    texts = list(questions)
     with tempfile.TemporaryDirectory() as tmp:
         embedder = Embedder("all-minilm-l6-v2", cache_path=Path(tmp) / "emb.sqlite")
         embedder.embed(texts[:8])  # load
@@ -37,9 +37,9 @@ def main() -> None:
         R = rng.normal(size=(args.probe, args.teachers)) + X[: args.probe, : args.teachers] * 3
         router = BTRouter(args.teachers, [f"t{i}" for i in range(args.teachers)], epochs=100)
         t_fit = timed(lambda: router.fit(X[: args.probe], R))
-        # Route `--route` prompts whose embeddings are cached (encode the rest once, outside the timing).
-        embedder.embed(texts[: args.route])
-        t_route = timed(lambda: router.route(embedder.embed(texts[: args.route])))
+        # Route `--route` prompts whose embeddings are all in the cache (the encoded texts, cycled).
+        to_route = [texts[i % args.n] for i in range(args.route)]
+        t_route = timed(lambda: router.route(embedder.embed(to_route)))
     print(f"MiniLM router, {args.threads} threads, {args.teachers} teachers")
     print(f"{'step':<36}{'prompts':>9}{'seconds':>9}{'prompts/s':>11}")
     rows = [("encode (cold)", args.n - 8, t_cold), ("encode (cached)", args.n, t_warm),

@@ -99,7 +99,8 @@ def load_generator(model_spec: str, *, trust_remote_code: bool = False) -> tuple
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 use_safetensors=True)
     model.to("cuda" if cuda else "cpu").eval()
     return model, tokenizer
 

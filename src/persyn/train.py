@@ -172,7 +172,7 @@ def build_trainer(cfg: TrainConfig, dataset_path: Path) -> Any:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # fp32 master weights; bf16 runs under autocast (mixed precision), which keeps AdamW updates exact.
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
                                                  trust_remote_code=cfg.trust_remote_code)
     dataset = Dataset.from_list(to_prompt_completion(rows, tokenizer, few_shot=few_shot, source=str(dataset_path)))
     cuda = torch.cuda.is_available()
