@@ -97,6 +97,29 @@ def status(config: ConfigArg) -> None:
     console.print(table)
 
 
+@app.command("batch-export")
+def batch_export(config: ConfigArg,
+                 out: Annotated[Path, typer.Option(help="Folder for the Batch JSONL files.")] = Path("batch"),
+                 stage: Annotated[str, typer.Option(help="probe or generate")] = "probe") -> None:
+    """Write the requests a stage still needs as OpenAI Batch API files, one per teacher."""
+    from persyn.batch_route import export_pending
+
+    for name, (path, n) in export_pending(_config(config), stage, out).items():
+        console.print(f"{name}: {n} requests -> {path}")
+
+
+@app.command("batch-import")
+def batch_import(config: ConfigArg,
+                 results: Annotated[Path, typer.Argument(help="The provider's Batch results JSONL.")],
+                 teacher: Annotated[str, typer.Option(help="The teacher these results belong to.")],
+                 stage: Annotated[str, typer.Option(help="probe or generate")] = "probe") -> None:
+    """Store a Batch API results file; only requests still pending are taken, failed ones stay pending."""
+    from persyn.batch_route import import_results
+
+    counts = import_results(_config(config), stage, teacher, results)
+    console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
+
+
 @models_app.command("fetch")
 def models_fetch(names: Annotated[list[str] | None, typer.Argument(help="Registry names (default: all).")] = None
                  ) -> None:

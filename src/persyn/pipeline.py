@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from persyn.backends.base import GenParams, GenRequest, generation_key
+from persyn.backends.base import GenParams, GenRequest, GenResult, generation_key
 from persyn.config import RunConfig, TeacherConfig
 from persyn.errors import ConfigError
 from persyn.executors import Executor, make_executor
@@ -105,40 +105,55 @@ def probe_prompts(run: Run) -> list[Prompt]:
     return [p for p in run.store.prompts() if p.id in probe]
 
 
-def generate_pairs(run: Run, pairs: list[tuple[Prompt, TeacherConfig]], label: str) -> None:
-    """Generate every (prompt, teacher) pair the store lacks, grouped per teacher, committing each result."""
-    by_teacher: dict[str, list[GenRequest]] = defaultdict(list)
-    teachers = {t.name: t for t in run.cfg.teachers}
+def pending_requests(run: Run, pairs: list[tuple[Prompt, TeacherConfig]]) -> dict[str, list[GenRequest]]:
+    """Per teacher, the requests for (prompt, teacher) pairs the store lacks (failed ones included), deduplicated."""
+    by_teacher: dict[str, dict[str, GenRequest]] = defaultdict(dict)
     for prompt, t in pairs:
-        params = teacher_params(run.cfg, t)
-        by_teacher[t.name].append(GenRequest(gen_key(run.cfg, t, prompt), prompt.id, prompt.text, params))
+        key = gen_key(run.cfg, t, prompt)
+        by_teacher[t.name].setdefault(key, GenRequest(key, prompt.id, prompt.text, teacher_params(run.cfg, t)))
     todo: dict[str, list[GenRequest]] = {}
     for name, reqs in by_teacher.items():
-        done = run.store.done_keys(r.key for r in reqs)
-        unique = {r.key: r for r in reqs if r.key not in done}
-        if unique:
-            todo[name] = list(unique.values())
-    total = sum(len(v) for v in todo.values())
-    with progress(f"{label}: generating", total) as advance:
+        done = run.store.done_keys(reqs)
+        if missing := [r for k, r in reqs.items() if k not in done]:
+            todo[name] = missing
+    return todo
+
+
+def store_result(run: Run, teacher: TeacherConfig, req: GenRequest, result: GenResult) -> None:
+    run.store.add_generation(result, prompt_id=req.prompt_id, teacher=teacher.name,
+                             fingerprint=teacher_fingerprint(teacher), params=req.params.as_dict(),
+                             invocation=run.invocation)
+    if result.error is None:
+        run.generated += 1
+    else:
+        run.failed += 1
+        log.warning("%s failed on prompt %s: %s", teacher.name, req.prompt_id, result.error)
+
+
+def generate_pairs(run: Run, pairs: list[tuple[Prompt, TeacherConfig]], label: str) -> None:
+    """Generate every (prompt, teacher) pair the store lacks, grouped per teacher, committing each result."""
+    todo = pending_requests(run, pairs)
+    teachers = {t.name: t for t in run.cfg.teachers}
+    with progress(f"{label}: generating", sum(len(v) for v in todo.values())) as advance:
         for name, reqs in todo.items():
-            t = teachers[name]
             by_key = {r.key: r for r in reqs}
-            for result in run.executor.generate(t, reqs):
-                req = by_key[result.key]
-                run.store.add_generation(result, prompt_id=req.prompt_id, teacher=name,
-                                         fingerprint=teacher_fingerprint(t), params=req.params.as_dict(),
-                                         invocation=run.invocation)
-                if result.error is None:
-                    run.generated += 1
-                else:
-                    run.failed += 1
-                    log.warning("%s failed on prompt %s: %s", name, req.prompt_id, result.error)
+            for result in run.executor.generate(teachers[name], reqs):
+                store_result(run, teachers[name], by_key[result.key], result)
                 advance(1)
 
 
+def stage_pairs(run: Run, stage: str) -> list[tuple[Prompt, TeacherConfig]]:
+    """The (prompt, teacher) pairs a generating stage needs: every teacher on the probe, or the routed pairs."""
+    if stage == "probe":
+        return [(p, t) for p in probe_prompts(run) for t in run.cfg.teachers]
+    routing = run.store.routing()
+    teachers = {t.name: t for t in run.cfg.teachers}
+    return [(p, teachers[routing[p.id][0]]) for p in run.store.prompts()
+            if p.id in routing and not routing[p.id][2] and routing[p.id][0] in teachers]
+
+
 def probe_stage(run: Run) -> None:
-    probe = probe_prompts(run)
-    generate_pairs(run, [(p, t) for p in probe for t in run.cfg.teachers], "probe")
+    generate_pairs(run, stage_pairs(run, "probe"), "probe")
 
 
 def prompt_generations(run: Run, prompts: list[Prompt]) -> tuple[list[list[str]], dict]:
@@ -317,11 +332,7 @@ def _argmax_nan(row: np.ndarray) -> int | None:
 
 
 def generate_stage(run: Run) -> None:
-    routing = run.store.routing()
-    teachers = {t.name: t for t in run.cfg.teachers}
-    pairs = [(p, teachers[routing[p.id][0]]) for p in run.store.prompts()
-             if p.id in routing and not routing[p.id][2]]
-    generate_pairs(run, pairs, "generate")
+    generate_pairs(run, stage_pairs(run, "generate"), "generate")
 
 
 def export_stage(run: Run) -> None:
