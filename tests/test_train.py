@@ -124,7 +124,7 @@ def test_bad_rows_name_file_and_line(tiny_lm_dir, tmp_path):
     with pytest.raises(InputError, match=r"bad.jsonl:2 \[messages\]: the last message must be the assistant"):
         train_student(cfg, path)
     path.write_text(good + "\n{not json\n")
-    with pytest.raises(InputError, match=r"bad.jsonl:2: invalid JSON"):
+    with pytest.raises(InputError, match=r"bad.jsonl:2: malformed JSON"):
         train_student(cfg, path)
 
 

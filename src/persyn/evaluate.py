@@ -50,23 +50,16 @@ IFEVAL_HF = "hf:google/IFEval"
 # ---------------------------------------------------------------- shared helpers
 
 def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise InputError("file not found", file=str(path))
+    from persyn.prompts import read_rows
+
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"invalid JSON: {exc.msg}", file=str(path), line=line_no) from None
-            if not isinstance(row, dict):
-                raise InputError("each line must be a JSON object", file=str(path), line=line_no)
-            for key in required:
-                if key not in row:
-                    raise InputError("missing field", file=str(path), line=line_no, field=key)
-            rows.append(row)
+    for line_no, row in read_rows(str(path)):
+        if not isinstance(row, dict):
+            raise InputError("each line must be a JSON object", file=str(path), line=line_no)
+        for key in required:
+            if key not in row:
+                raise InputError("missing field", file=str(path), line=line_no, field=key)
+        rows.append(row)
     return rows
 
 

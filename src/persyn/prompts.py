@@ -143,7 +143,7 @@ def read_rows(source: str) -> Iterator[tuple[int, Any]]:
         raise InputError(f"unsupported prompt file type {path.suffix!r} (use {', '.join(READERS)} or hf:NAME)",
                          file=source)
     if not path.is_file():
-        raise InputError("prompt file not found", file=source)
+        raise InputError("file not found", file=source)
     return reader(path)
 
 

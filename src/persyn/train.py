@@ -94,30 +94,23 @@ def resolve_model(spec: str, *, trust_remote_code: bool = False) -> str:
 
 def read_sft_rows(path: Path) -> list[dict[str, Any]]:
     """Validated exported rows; bad rows raise InputError naming the file, line and field."""
-    if not path.is_file():
-        raise InputError("dataset file not found", file=str(path))
+    from persyn.prompts import read_rows
+
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"invalid JSON: {exc.msg}", file=str(path), line=line_no) from None
-            messages = row.get("messages") if isinstance(row, dict) else None
-            if not isinstance(messages, list) or len(messages) < 2:
-                raise InputError("needs a list of at least two messages", file=str(path), line=line_no,
-                                 field="messages")
-            for i, m in enumerate(messages):
-                if not (isinstance(m, dict) and isinstance(m.get("role"), str)
-                        and isinstance(m.get("content"), str)):
-                    raise InputError("each message needs string 'role' and 'content'", file=str(path),
-                                     line=line_no, field=f"messages[{i}]")
-            if messages[-1]["role"] != "assistant":
-                raise InputError("the last message must be the assistant's", file=str(path), line=line_no,
-                                 field="messages")
-            rows.append(row)
+    for line_no, row in read_rows(str(path)):
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(messages, list) or len(messages) < 2:
+            raise InputError("needs a list of at least two messages", file=str(path), line=line_no,
+                             field="messages")
+        for i, m in enumerate(messages):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str)):
+                raise InputError("each message needs string 'role' and 'content'", file=str(path),
+                                 line=line_no, field=f"messages[{i}]")
+        if messages[-1]["role"] != "assistant":
+            raise InputError("the last message must be the assistant's", file=str(path), line=line_no,
+                             field="messages")
+        rows.append(row)
     if not rows:
         raise InputError("dataset is empty", file=str(path))
     return rows
