@@ -158,8 +158,7 @@ def server_learnability(base_url: str, model: str, tokenizer: Any, prompts: list
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
-    encode = _Encoder(tokenizer, chat_template, few_shot, max_length)
-    encoded = [encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+    encoded = _Encoder(tokenizer, chat_template, few_shot, max_length)(prompts, responses)
     policy = RetryPolicy(max_retries, backoff_base_s)
     return asyncio.run(_score_all(base_url, model, encoded, api_key=api_key, max_concurrency=max_concurrency,
                                   mode=mode, policy=policy, timeout_s=timeout_s))
