@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 import yaml
 
 from persyn.cli import main
@@ -114,3 +115,37 @@ def test_live_tiny_teachers_with_learnability(tmp_path, tiny_lm_dir, tiny_lm_dir
     assert len(scores) == 12 and all(s["learnability"] is not None and s["learnability"] < 0 for s in scores)
     assert all(s["quality"] in (0.0, 1.0) for s in scores)
     assert run_stages(cfg).generated == 0
+
+
+def test_recorded_alpaca_eval_teachers(tmp_path, shared_data):
+    """The 8 real AlpacaEval teachers as recorded backends, judge scores as quality (skips without ../shared)."""
+    teachers_dir = shared_data / "alpaca_eval" / "teachers"
+    if not teachers_dir.is_dir():
+        pytest.skip(f"{teachers_dir} is absent")
+    files = sorted(teachers_dir.glob("*.jsonl"))
+    assert len(files) == 8
+    cfg = parse_config({
+        "run_dir": str(tmp_path / "run"),
+        "prompts": {"path": str(files[0]), "field": "instruction", "limit": 80, "seed": 0},
+        "teachers": [{"name": f.stem, "backend": "recorded", "model": str(f)} for f in files],
+        "quality": {"kind": "field"},
+        "reward": {"alpha": 0.0},
+        "probe": {"size": 30},
+        "router": {"epochs": 50},
+    })
+    run = run_stages(cfg)
+    assert run.generated == 30 * 8 + (80 - 30)
+    routing = read_jsonl(tmp_path / "run" / "routing.jsonl")
+    dataset = read_jsonl(tmp_path / "run" / "dataset.jsonl")
+    assert len(routing) == len(dataset) == 80
+    scores = read_jsonl(tmp_path / "run" / "scores.jsonl")
+    judged = [s for s in scores if s["quality"] is not None]
+    assert len(judged) >= 0.9 * len(scores) and all(0.0 <= s["quality"] <= 1.0 for s in judged)
+    # Probe prompts keep the response the judge liked best.
+    best = {}
+    for s in judged:
+        if s["id"] not in best or s["quality"] > best[s["id"]][1]:
+            best[s["id"]] = (s["teacher"], s["quality"])
+    for row in routing:
+        if row["probe"]:
+            assert row["teacher"] == best[row["id"]][0]
