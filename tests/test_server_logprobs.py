@@ -97,3 +97,34 @@ def test_wrong_key_is_a_clear_error_without_the_key(server, local):
         score(server, local[1], api_key="sk-wrong-9876543210")
     assert "sk-wrong" not in str(err.value)
     assert score(server, local[1], api_key="sk-right-0123456789")[0] is not None
+
+
+def test_pipeline_scores_on_the_students_server_as_it_does_locally(server, tiny_lm_dir, tmp_path):
+    """student.server_url: the run's learnability comes from the server and equals the local student's."""
+    import json
+
+    from persyn.config import parse_config
+    from persyn.pipeline import run_stages
+
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"instruction": p}) + "\n" for p in PROMPTS[:4]))
+    for name, shift in (("a", 0), ("b", 1)):
+        rows = [{"instruction": p, "output": RESPONSES[(i + shift) % 4]} for i, p in enumerate(PROMPTS[:4])]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def run(run_dir, **student):
+        cfg = parse_config({
+            "run_dir": str(tmp_path / run_dir),
+            "prompts": {"path": str(tmp_path / "p.jsonl"), "field": "instruction"},
+            "teachers": [{"name": n, "backend": "recorded", "model": str(tmp_path / f"{n}.jsonl")} for n in "ab"],
+            "student": {"model": str(tiny_lm_dir), **student}, "reward": {"alpha": 1.0},
+            "probe": {"size": 4}, "router": {"backbone": str(tiny_lm_dir), "epochs": 5},
+        })
+        run_stages(cfg)
+        rows = (tmp_path / run_dir / "scores.jsonl").read_text().splitlines()
+        return {(r["id"], r["teacher"]): r["learnability"] for r in map(json.loads, rows)}
+
+    local = run("local")
+    remote = run("remote", server_url=server.base_url)
+    assert server.state.counts["/v1/completions"] == 8
+    assert remote.keys() == local.keys() and all(v is not None for v in local.values())
+    assert [remote[k] for k in sorted(local)] == pytest.approx([local[k] for k in sorted(local)], abs=1e-4)
