@@ -253,7 +253,7 @@ def _loc(loc: tuple[Any, ...], data: Any) -> str:
     return ".".join(parts)
 
 
-def parse_config(data: Any, *, source: str | None = None, base_dir: Path | None = None) -> RunConfig:
+def parse_config(data: Any, *, source: str | None = None) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping", file=source)
     try:
@@ -264,14 +264,7 @@ def parse_config(data: Any, *, source: str | None = None, base_dir: Path | None 
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         raise ConfigError(msg, key=_loc(err["loc"], data) or None, file=source) from None
-    if base_dir is not None:
-        _resolve_paths(cfg, base_dir)
     return cfg
-
-
-def _resolve_paths(cfg: RunConfig, base: Path) -> None:
-    """Relative paths in a config file are relative to the working directory, like any CLI argument."""
-    return None
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -186,12 +186,6 @@ class Store:
                 out[row[0]] = Generation(*row)
         return out
 
-    def count_generations(self, invocation: str | None = None) -> int:
-        if invocation is None:
-            return self.db.execute("SELECT COUNT(*) FROM generations WHERE error IS NULL").fetchone()[0]
-        return self.db.execute("SELECT COUNT(*) FROM generations WHERE error IS NULL AND invocation=?",
-                               (invocation,)).fetchone()[0]
-
     def failed(self) -> list[tuple[str, str, str]]:
         return list(self.db.execute("SELECT prompt_id, teacher, error FROM generations WHERE error IS NOT NULL"))
 
@@ -224,11 +218,6 @@ class Store:
     def truncated_total(self, kind: str, scorer: str) -> int:
         return self.get_meta(f"truncated:{kind}:{scorer}", 0)
 
-    def count_truncated(self, scorer: str) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM scores WHERE kind='learnability' AND scorer=? AND truncated=1",
-                               (scorer,)).fetchone()[0]
-
-    # routing
     def set_routing(self, rows: list[tuple[str, str, dict[str, float], bool]], router: str) -> None:
         with self.transaction():
             self.db.execute("DELETE FROM routing")
