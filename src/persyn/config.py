@@ -119,8 +119,16 @@ class RouterConfig(Strict):
     weight_decay: float = Field(default=1e-2, ge=0)
     val_fraction: float = Field(default=0.2, ge=0, lt=1)
     patience: int = Field(default=20, gt=0)
+    # The trained head is kept only if its held-out gain over every single teacher exceeds this many standard
+    # errors; otherwise routing falls back to the best single teacher. Lower it to let a small probe route.
+    min_gain_z: float = Field(default=1.64, ge=0)
     seed: int = 0
     trust_remote_code: bool = False
+
+    def head_kwargs(self) -> dict[str, Any]:
+        """The router's training hyperparameters, as make_router takes them."""
+        return self.model_dump(include={"epochs", "lr", "batch_size", "weight_decay", "val_fraction", "patience",
+                                        "seed", "min_gain_z"})
 
 
 STRATEGY_NAMES = ("persyn", "oracle", "strong", "family-strong", "mix", "car", "random")

@@ -291,8 +291,7 @@ def train_router_stage(run: Run) -> None:
         return
     X = _embedder(run).embed([p.text for p in probe])
     router = make_router(r.kind, n_teachers=len(run.cfg.teachers), teacher_names=run.teacher_names(),
-                         epochs=r.epochs, lr=r.lr, batch_size=r.batch_size, weight_decay=r.weight_decay,
-                         val_fraction=r.val_fraction, patience=r.patience, seed=r.seed)
+                         **r.head_kwargs())
     report = router.fit(X, rewards)
     router.save(_router_dir(run))
     run.store.set_meta("router_report", report.as_dict())

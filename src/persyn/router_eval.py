@@ -99,9 +99,7 @@ def router_eval(cfg: RunConfig, *, backbones: list[str] | None = None, probe_siz
                 X_pool, X_held = _embed(cfg, backbone, pool, held)
                 for k in sizes:
                     r = cfg.router
-                    router = make_router(r.kind, n_teachers=len(names), teacher_names=names, epochs=r.epochs,
-                                         lr=r.lr, batch_size=r.batch_size, weight_decay=r.weight_decay,
-                                         val_fraction=r.val_fraction, patience=r.patience, seed=r.seed)
+                    router = make_router(r.kind, n_teachers=len(names), teacher_names=names, **r.head_kwargs())
                     report = router.fit(X_pool[:k], R_pool[:k])
                     metrics = routing_metrics(router.scores(X_held), R_held, R_pool[:k], names)
                     results.append({"backbone": backbone, "probe_size": k, **metrics,
