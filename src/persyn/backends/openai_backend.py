@@ -8,6 +8,7 @@ connection errors and unparsable bodies. Results stream back to the caller as ea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import os
@@ -247,6 +248,7 @@ class OpenAIBackend:
 
         thread = threading.Thread(target=run, name=f"openai-{self.name}", daemon=True)
         thread.start()
+        finished = False
         try:
             while (item := results.get()) is not done:
                 if isinstance(item, BaseException):
@@ -254,10 +256,13 @@ class OpenAIBackend:
                         continue
                     raise item
                 yield item
+            finished = True
         finally:
             loop, task = state.get("loop"), state.get("task")
-            if thread.is_alive() and loop is not None and task is not None:
-                loop.call_soon_threadsafe(task.cancel)
+            # Only a consumer that stopped early cancels; once `done` arrived the loop may already be closing.
+            if not finished and thread.is_alive() and loop is not None and task is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed between the check and the call
+                    loop.call_soon_threadsafe(task.cancel)
             thread.join()
 
     async def _run_all(self, requests: list[GenRequest], emit: Any) -> None:
