@@ -130,3 +130,11 @@ def test_gym_prompts_are_made_offline():
     assert all(p.reference for p in prompts)
     again = load_prompts(PromptsConfig(path="gym:basic_arithmetic+leg_counting:6:3", reference_field="answer"))
     assert prompts == again
+
+
+def test_dtype_is_checked_with_its_key_path(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run_dir: r\nprompts: {path: p.jsonl}\nteachers: [{name: a, model: m}, {name: b, model: m}]\n"
+                    "generation: {dtype: bf16}\n")
+    with pytest.raises(ConfigError, match="generation.dtype"):
+        load_config(path)

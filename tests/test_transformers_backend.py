@@ -129,3 +129,14 @@ def test_missing_model_is_a_config_error(tmp_path):
     backend = make_backend(_teacher(tmp_path / "absent"))
     with pytest.raises(ConfigError, match="not found"):
         list(backend.generate(_requests(backend, GenParams(), ["hi"])))
+
+
+def test_dtype_from_the_teacher_or_the_run_default(tiny_lm_dir):
+    params = GenParams(max_new_tokens=6, temperature=0.0)
+    run_default = make_backend(_teacher(tiny_lm_dir), dtype="bfloat16")
+    texts = _texts(run_default, _requests(run_default, params, PROMPTS[:2]))
+    assert run_default._model.dtype == torch.bfloat16 and all(texts.values())
+    override = make_backend(_teacher(tiny_lm_dir, dtype="float32"), dtype="bfloat16")
+    override._load()
+    assert override._model.dtype == torch.float32
+    assert override.fingerprint() == run_default.fingerprint(), "a dtype change must not regenerate everything"

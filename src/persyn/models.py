@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from persyn.errors import ConfigError, PersynError
+
+log = logging.getLogger(__name__)
 
 CONVERTED_MARKER = "persyn_source.json"  # written into every converted directory: where it came from
 
@@ -403,12 +406,23 @@ def default_device() -> str:
 def _torch_dtype(dtype: str | None, device: str) -> Any:
     import torch
 
-    if dtype is None:
+    if dtype is None or dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     value = getattr(torch, dtype, None)
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
         raise ConfigError(f"unknown dtype {dtype!r} (use bfloat16, float16 or float32)")
+    if value == torch.bfloat16 and device == "cpu" and not _cpu_has_bf16():
+        log.warning("bfloat16 on this CPU has no native support (AVX512-BF16/AMX) and is slower than float32")
     return value
+
+
+def _cpu_has_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:

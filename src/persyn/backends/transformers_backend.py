@@ -53,7 +53,7 @@ class TransformersBackend:
             raise ConfigError("the transformers backend needs `model` (registry name, directory, .gguf or HF id)",
                               key=f"teachers.{teacher.name}.model")
         self.batch_size = int(teacher.batch_size or context.get("batch_size", 8))
-        self.dtype: str | None = context.get("dtype")
+        self.dtype: str | None = getattr(teacher, "dtype", None) or context.get("dtype")
         self.device: str | None = context.get("device")
         self.chat_template = _template_text(teacher.chat_template, key=f"teachers.{teacher.name}.chat_template")
         self._model: Any = None

@@ -26,7 +26,8 @@ class LocalExecutor:
     def backend(self, teacher: TeacherConfig) -> Backend:
         if teacher.name not in self.backends:
             self.backends[teacher.name] = make_backend(
-                teacher, batch_size=teacher.batch_size or self.cfg.generation.batch_size
+                teacher, batch_size=teacher.batch_size or self.cfg.generation.batch_size,
+                dtype=teacher.dtype or self.cfg.generation.dtype,
             )
         return self.backends[teacher.name]
 
@@ -56,7 +57,7 @@ def student_learnability(student: StudentConfig, prompts: list[str], responses: 
         values = server_learnability(student.server_url, student.model, tokenizer, prompts, responses,
                                      chat_template=student.chat_template, few_shot=student.few_shot)
         return LearnabilityResult(values=values, truncated=0, tokens=0)
-    model, tokenizer = load_causal_lm(student.model, trust_remote_code=student.trust_remote_code)
+    model, tokenizer = load_causal_lm(student.model, dtype=student.dtype, trust_remote_code=student.trust_remote_code)
     return learnability_scores(model, tokenizer, prompts, responses, chat_template=student.chat_template,
                                few_shot=student.few_shot, max_length=student.max_length,
                                batch_tokens=student.batch_tokens)

@@ -206,6 +206,7 @@ class RayExecutor:
             return
         self.calls += len(requests)
         backend_batch = teacher.batch_size or self.cfg.generation.batch_size
+        teacher = teacher.model_copy(update={"dtype": teacher.dtype or self.cfg.generation.dtype})
         # Similar prompt lengths in one task, as the backend itself orders a batch: less padding.
         ordered = sorted(requests, key=lambda r: len(r.prompt))
         queue = list(batched(ordered, self.settings.batch_size or backend_batch))
