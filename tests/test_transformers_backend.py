@@ -134,8 +134,9 @@ def test_missing_model_is_a_config_error(tmp_path):
 def test_dtype_from_the_teacher_or_the_run_default(tiny_lm_dir):
     params = GenParams(max_new_tokens=6, temperature=0.0)
     run_default = make_backend(_teacher(tiny_lm_dir), dtype="bfloat16")
-    texts = _texts(run_default, _requests(run_default, params, PROMPTS[:2]))
-    assert run_default._model.dtype == torch.bfloat16 and all(texts.values())
+    results = list(run_default.generate(_requests(run_default, params, PROMPTS[:2])))
+    assert run_default._model.dtype == torch.bfloat16
+    assert [r.error for r in results] == [None, None] and all(r.completion_tokens > 0 for r in results)
     override = make_backend(_teacher(tiny_lm_dir, dtype="float32"), dtype="bfloat16")
     override._load()
     assert override._model.dtype == torch.float32

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from persyn.registry import Registry
+
 
 @dataclass(frozen=True)
 class GenParams:
@@ -70,32 +72,19 @@ class Backend(Protocol):
 
 
 BackendFactory = Callable[..., Backend]
-_REGISTRY: dict[str, BackendFactory] = {}
-
-
-def register_backend(kind: str) -> Callable[[BackendFactory], BackendFactory]:
-    def deco(factory: BackendFactory) -> BackendFactory:
-        _REGISTRY[kind] = factory
-        return factory
-
-    return deco
+BACKENDS: Registry[BackendFactory] = Registry("backend")
+register_backend = BACKENDS.register
 
 
 def backend_kinds() -> list[str]:
     _load_builtin()
-    return sorted(_REGISTRY)
+    return BACKENDS.kinds()
 
 
 def make_backend(teacher: Any, **context: Any) -> Backend:
     """Build the backend named by `teacher.backend` (a TeacherConfig) with optional shared context."""
     _load_builtin()
-    try:
-        factory = _REGISTRY[teacher.backend]
-    except KeyError:
-        from persyn.errors import ConfigError
-
-        raise ConfigError(f"unknown backend {teacher.backend!r}; known: {', '.join(sorted(_REGISTRY))}",
-                          key=f"teachers.{teacher.name}.backend") from None
+    factory = BACKENDS.get(teacher.backend, key=f"teachers.{teacher.name}.backend")
     return factory(teacher, **context)
 
 

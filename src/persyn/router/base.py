@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from persyn.errors import ConfigError, InputError
+from persyn.errors import InputError
+from persyn.registry import Registry
 
 
 @runtime_checkable
@@ -35,26 +35,13 @@ class Router(Protocol):
     def load(cls, directory: str | Path) -> Router: ...
 
 
-RouterFactory = Callable[..., Router]
-_REGISTRY: dict[str, type] = {}
-
-
-def register_router(kind: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        _REGISTRY[kind] = cls
-        return cls
-
-    return deco
-
-
-def router_kinds() -> list[str]:
-    return sorted(_REGISTRY)
+ROUTERS: Registry[type] = Registry("router kind")
+register_router = ROUTERS.register
+router_kinds = ROUTERS.kinds
 
 
 def make_router(kind: str, **kwargs: Any) -> Router:
-    if kind not in _REGISTRY:
-        raise ConfigError(f"unknown router kind {kind!r}; known: {', '.join(router_kinds())}", key="router.kind")
-    return _REGISTRY[kind](**kwargs)
+    return ROUTERS.get(kind, key="router.kind")(**kwargs)
 
 
 def load_router(directory: str | Path) -> Router:
@@ -64,6 +51,6 @@ def load_router(directory: str | Path) -> Router:
         kind = json.loads(meta_path.read_text())["kind"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"not a saved router ({type(exc).__name__}: {exc})", file=str(meta_path)) from exc
-    if kind not in _REGISTRY:
+    if kind not in ROUTERS:
         raise InputError(f"unknown router kind {kind!r}", file=str(meta_path), field="kind")
-    return _REGISTRY[kind].load(directory)
+    return ROUTERS.get(kind).load(directory)

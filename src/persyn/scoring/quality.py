@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from persyn.config import QualityConfig
 from persyn.errors import ConfigError, InputError
+from persyn.registry import Registry
 
 
 class QualityScorer(Protocol):
@@ -28,23 +29,12 @@ class QualityScorer(Protocol):
 
 
 QualityFactory = Callable[[QualityConfig], QualityScorer]
-QUALITY_SCORERS: dict[str, QualityFactory] = {}
-
-
-def register_quality(kind: str) -> Callable[[QualityFactory], QualityFactory]:
-    def deco(factory: QualityFactory) -> QualityFactory:
-        QUALITY_SCORERS[kind] = factory
-        return factory
-
-    return deco
+QUALITY_SCORERS: Registry[QualityFactory] = Registry("quality scorer")
+register_quality = QUALITY_SCORERS.register
 
 
 def make_quality_scorer(cfg: QualityConfig) -> QualityScorer:
-    try:
-        factory = QUALITY_SCORERS[cfg.kind]
-    except KeyError:
-        raise ConfigError(f"unknown quality scorer {cfg.kind!r}; known: {', '.join(sorted(QUALITY_SCORERS))}",
-                          key="quality.kind") from None
+    factory = QUALITY_SCORERS.get(cfg.kind, key="quality.kind")
     return factory(cfg)
 
 
