@@ -12,6 +12,7 @@ from common import gsm8k_pairs, timed
 
 from persyn.backends import GenParams, GenRequest, make_backend
 from persyn.config import TeacherConfig
+from persyn.models import cpu_has_bf16
 
 
 def run(backend, requests) -> int:
@@ -30,7 +31,7 @@ def main() -> None:
     params = GenParams(max_new_tokens=args.max_new_tokens)
     requests = [GenRequest(f"k{i}", f"p{i}", q, params) for i, q in enumerate(questions)]
     configs = [(1, "float32"), (8, "float32"), (32, "float32")]
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # bfloat16 is emulated (slow) on CPUs without AVX512-BF16/AMX
+    if cpu_has_bf16():
         configs += [(8, "bfloat16"), (32, "bfloat16")]
     results = {}
     for batch, dtype in configs:

@@ -411,12 +411,13 @@ def _torch_dtype(dtype: str | None, device: str) -> Any:
     value = getattr(torch, dtype, None)
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
         raise ConfigError(f"unknown dtype {dtype!r} (use bfloat16, float16 or float32)")
-    if value == torch.bfloat16 and device == "cpu" and not _cpu_has_bf16():
+    if value == torch.bfloat16 and device == "cpu" and not cpu_has_bf16():
         log.warning("bfloat16 on this CPU has no native support (AVX512-BF16/AMX) and is slower than float32")
     return value
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
     import torch
 
     try:

@@ -27,7 +27,7 @@ class LocalExecutor:
         if teacher.name not in self.backends:
             self.backends[teacher.name] = make_backend(
                 teacher, batch_size=teacher.batch_size or self.cfg.generation.batch_size,
-                dtype=teacher.dtype or self.cfg.generation.dtype,
+                dtype=self.cfg.generation.dtype,  # the run default; the backend prefers teacher.dtype
             )
         return self.backends[teacher.name]
 

@@ -56,8 +56,9 @@ class RaySettings(BaseModel):
 class ModelWorker:
     """One model replica inside a Ray actor: a teacher backend or the student's learnability scorer."""
 
-    def __init__(self, teacher: TeacherConfig | None, student: StudentConfig | None, batch_size: int) -> None:
-        self.teacher, self.student, self.batch_size = teacher, student, batch_size
+    def __init__(self, teacher: TeacherConfig | None, student: StudentConfig | None, batch_size: int,
+                 dtype: str = "auto") -> None:
+        self.teacher, self.student, self.batch_size, self.dtype = teacher, student, batch_size, dtype
         self.backend: Any = None
 
     def ready(self) -> bool:
@@ -67,7 +68,7 @@ class ModelWorker:
         if self.backend is None:
             from persyn.backends.base import make_backend
 
-            self.backend = make_backend(self.teacher, batch_size=self.batch_size)
+            self.backend = make_backend(self.teacher, batch_size=self.batch_size, dtype=self.dtype)
         return list(self.backend.generate(requests))
 
     def learnability(self, prompts: list[str], responses: list[str]) -> Any:
@@ -159,7 +160,7 @@ class RayExecutor:
             n = self._make_room(n, keep=key)
             s = self.settings
             cls = self.worker_cls.options(num_cpus=s.actor_num_cpus, num_gpus=s.actor_num_gpus, max_restarts=2)
-            actors = [cls.remote(teacher, student, batch_size) for _ in range(n)]
+            actors = [cls.remote(teacher, student, batch_size, self.cfg.generation.dtype) for _ in range(n)]
             self.pools[key] = Pool(actors, starting={a.ready.remote(): i for i, a in enumerate(actors)})
         pool = self.pools[key]
         pool.last_used = time.monotonic()
@@ -206,7 +207,6 @@ class RayExecutor:
             return
         self.calls += len(requests)
         backend_batch = teacher.batch_size or self.cfg.generation.batch_size
-        teacher = teacher.model_copy(update={"dtype": teacher.dtype or self.cfg.generation.dtype})
         # Similar prompt lengths in one task, as the backend itself orders a batch: less padding.
         ordered = sorted(requests, key=lambda r: len(r.prompt))
         queue = list(batched(ordered, self.settings.batch_size or backend_batch))
