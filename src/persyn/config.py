@@ -34,6 +34,11 @@ class GenerationConfig(Strict):
     seed: int = 0
     batch_size: int = Field(default=8, gt=0)
     dtype: Dtype = "auto"  # weights and activations of local teachers
+    # Average generations per routed prompt: 1 = Route then Generate, the number of teachers = Generate then Select.
+    # Extra generations go to the prompts where the router is least sure; the best candidate is kept by reward.
+    budget: float = Field(default=1.0, ge=1)
+    # Cascade: generate the router's next choice only while the best quality so far is below this.
+    accept_quality: float | None = None
 
 
 class TeacherConfig(Strict):
@@ -93,10 +98,17 @@ class RewardConfig(Strict):
     normalization: Literal["minmax", "zscore", "rank", "none"] = "minmax"
 
 
+ProbeStrategy = Literal["random", "diverse", "adaptive"]
+
+
 class ProbeConfig(Strict):
     size: int | None = Field(default=None, gt=0)
     fraction: float | None = Field(default=None, gt=0, le=1)
     seed: int = 0
+    # random: a seeded draw; diverse: k-center over prompt embeddings; adaptive: grow in rounds of `size` until the
+    # router's cross-validated gain stops improving or `max_size` is reached.
+    strategy: ProbeStrategy = "random"
+    max_size: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _one_of(self) -> ProbeConfig:
@@ -113,7 +125,10 @@ class ProbeConfig(Strict):
 
 
 class RouterConfig(Strict):
-    kind: str = "bt"
+    # ridge: each teacher's probe mean + a cross-validated ridge residual on the prompt embedding (the default: it
+    # beats the best single teacher on held-out prompts where bt does not; docs/routing.md); bt: the paper's
+    # Bradley-Terry coefficient head.
+    kind: str = "ridge"
     backbone: str = "all-minilm-l6-v2"
     pooling: Literal["mean", "last"] = "mean"
     layers: list[int] = Field(default_factory=lambda: [-1])
@@ -125,16 +140,26 @@ class RouterConfig(Strict):
     weight_decay: float = Field(default=1e-2, ge=0)
     val_fraction: float = Field(default=0.2, ge=0, lt=1)
     patience: int = Field(default=20, gt=0)
-    # The trained head is kept only if its held-out gain over every single teacher exceeds this many standard
-    # errors; otherwise routing falls back to the best single teacher. Lower it to let a small probe route.
-    min_gain_z: float = Field(default=1.64, ge=0)
+    # ridge: folds of the cross-validation that picks the ridge strength and decides the fallback
+    folds: int = Field(default=5, ge=2)
+    lambdas: list[float] = Field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
+    # The trained router is kept only if its held-out gain over the best single teacher exceeds this many standard
+    # errors; otherwise routing falls back to that teacher. None: the kind's default (bt 1.64 on its one validation
+    # split, where the best epoch is picked on the same prompts; ridge 0 on out-of-fold predictions).
+    min_gain_z: float | None = Field(default=None, ge=0)
     seed: int = 0
     trust_remote_code: bool = False
 
     def head_kwargs(self) -> dict[str, Any]:
-        """The router's training hyperparameters, as make_router takes them."""
-        return self.model_dump(include={"epochs", "lr", "batch_size", "weight_decay", "val_fraction", "patience",
-                                        "seed", "min_gain_z"})
+        """The router's training hyperparameters, as make_router takes them for this kind."""
+        if self.kind == "bt":
+            out = self.model_dump(include={"epochs", "lr", "batch_size", "weight_decay", "val_fraction", "patience",
+                                           "seed"})
+        else:
+            out = self.model_dump(include={"folds", "lambdas", "seed"})
+        if self.min_gain_z is not None:
+            out["min_gain_z"] = self.min_gain_z
+        return out
 
 
 STRATEGY_NAMES = ("persyn", "oracle", "strong", "family-strong", "mix", "car", "random")
@@ -278,7 +303,21 @@ def parse_config(data: Any, *, source: str | None = None) -> RunConfig:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         raise ConfigError(msg, key=_loc(err["loc"], data) or None, file=source) from None
+    _check_settings(cfg, source)
     return cfg
+
+
+def _check_settings(cfg: RunConfig, source: str | None) -> None:
+    """Checks that span sections, each naming the key to change."""
+    n, g = len(cfg.teachers), cfg.generation
+    if g.budget > n:
+        raise ConfigError(f"must be between 1 and the number of teachers ({n}), got {g.budget:g}",
+                          key="generation.budget", file=source)
+    if g.accept_quality is not None and cfg.reward.alpha >= 1:
+        raise ConfigError("needs a quality scorer to judge answers, but reward.alpha = 1 never computes quality",
+                          key="generation.accept_quality", file=source)
+    if cfg.probe.max_size is not None and cfg.probe.strategy != "adaptive":
+        raise ConfigError("only probe.strategy 'adaptive' grows the probe", key="probe.max_size", file=source)
 
 
 def load_config(path: str | Path) -> RunConfig:

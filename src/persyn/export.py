@@ -39,8 +39,10 @@ def export_run(run: Run) -> dict[str, Any]:
         if p.id not in routing:
             missing.append(p.id)
             continue
-        teacher, scores, is_probe, _ = routing[p.id]
-        routing_rows.append({"id": p.id, "prompt": p.text, "teacher": teacher, "scores": scores, "probe": is_probe})
+        route = routing[p.id]
+        teacher, is_probe = route.teacher, route.probe
+        routing_rows.append({"id": p.id, "prompt": p.text, "teacher": teacher, "scores": route.scores,
+                             "probe": is_probe, "candidates": route.candidates})
         g = gens.get(keys[p.id])
         if g is None or g.error is not None:
             missing.append(p.id)
@@ -61,14 +63,16 @@ def export_run(run: Run) -> dict[str, Any]:
     ]
     _write_jsonl(out / "scores.jsonl", score_rows)
 
-    summary = build_summary(run, prompts, probe, dataset, missing)
+    routed = sum(len(r.candidates) for r in routing.values() if not r.probe)
+    summary = build_summary(run, prompts, probe, dataset, missing, routed)
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, out / "summary.json")
     return summary
 
 
-def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], missing: list[str]) -> dict[str, Any]:
+def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], missing: list[str],
+                  routed_generations: int) -> dict[str, Any]:
     from persyn.pipeline import gen_key, student_scorer_id
 
     cfg, store = run.cfg, run.store
@@ -90,11 +94,14 @@ def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], mis
         "probe_size": k,
         "teachers": T,
         "generations_total": sum(v["generations"] for v in per_teacher.values()),
-        "generations_expected": k * T + (n - k),
+        "generations_expected": k * T + routed_generations,
+        "budget": {"budget": cfg.generation.budget, "accept_quality": cfg.generation.accept_quality,
+                   "routed_prompts": n - k, "routed_generations": routed_generations,
+                   "generations_per_routed_prompt": round(routed_generations / (n - k), 4) if n > k else None},
         "generations_this_invocation": run.generated,
         "generations_failed_this_invocation": run.failed,
         "generate_then_select_generations": n * T,
-        "generation_saving": round(1 - (k * T + (n - k)) / (n * T), 4) if n else 0.0,
+        "generation_saving": round(1 - (k * T + routed_generations) / (n * T), 4) if n else 0.0,
         "tokens_generated": total_tokens,
         "per_teacher": per_teacher,
         "dataset_rows": len(dataset),

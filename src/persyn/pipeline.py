@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import time
 import uuid
 from collections import defaultdict
@@ -21,7 +20,7 @@ from persyn.errors import ConfigError
 from persyn.executors import Executor, make_executor
 from persyn.progress import progress
 from persyn.prompts import Prompt, load_prompts
-from persyn.store import RunLock, Store
+from persyn.store import Route, RunLock, Store
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +94,18 @@ def load_stage(run: Run) -> list[Prompt]:
     k = cfg.probe.resolve(len(prompts))
     if k > len(prompts):
         raise ConfigError(f"probe size {k} is larger than the prompt set ({len(prompts)} prompts)", key="probe.size")
-    ids = sorted(random.Random(cfg.probe.seed).sample([p.id for p in prompts], k))
-    run.store.set_probe(ids)
+    if cfg.probe.strategy == "adaptive":
+        k = max(k, run.store.get_meta("adaptive_probe_size", k))
+    run.store.set_probe(sorted(_probe_ids(run, prompts, k)))
     return prompts
+
+
+def _probe_ids(run: Run, prompts: list[Prompt], size: int) -> list[str]:
+    from persyn.probe import probe_order
+
+    p = run.cfg.probe
+    return probe_order([q.id for q in prompts], [q.text for q in prompts], p.strategy, p.seed, size,
+                       embed=lambda texts: _embedder(run).embed(texts))
 
 
 def probe_prompts(run: Run) -> list[Prompt]:
@@ -146,14 +154,50 @@ def stage_pairs(run: Run, stage: str) -> list[tuple[Prompt, TeacherConfig]]:
     """The (prompt, teacher) pairs a generating stage needs: every teacher on the probe, or the routed pairs."""
     if stage == "probe":
         return [(p, t) for p in probe_prompts(run) for t in run.cfg.teachers]
-    routing = run.store.routing()
     teachers = {t.name: t for t in run.cfg.teachers}
-    return [(p, teachers[routing[p.id][0]]) for p in run.store.prompts()
-            if p.id in routing and not routing[p.id][2] and routing[p.id][0] in teachers]
+    return [(p, teachers[name]) for p, route in _routed(run) for name in route.candidates if name in teachers]
 
 
 def probe_stage(run: Run) -> None:
     generate_pairs(run, stage_pairs(run, "probe"), "probe")
+    if run.cfg.probe.strategy == "adaptive":
+        _grow_probe(run)
+
+
+def _grow_probe(run: Run) -> None:
+    """Adaptive probe: score, fit the router, and add `probe.size` more prompts while its cross-validated gain over
+    the best single teacher improves, up to `probe.max_size`. Each round is kept in the store, so a rerun replays
+    the decisions from stored scores without generating anything again."""
+    cfg = run.cfg
+    prompts = run.store.prompts()
+    step = cfg.probe.resolve(len(prompts))
+    cap = min(len(prompts), cfg.probe.max_size or 4 * step)
+    rounds: list[dict] = run.store.get_meta("probe_rounds", [])
+    while True:
+        size = len(run.store.probe_ids())
+        score_stage(run)
+        probe, _, _, rewards = probe_rewards(run)
+        _, report = _fit_router(run, probe, rewards)
+        gain = router_gain(report)
+        rounds = [r for r in rounds if r["size"] < size] + [{"size": size, "cv_gain": gain}]
+        run.store.set_meta("probe_rounds", rounds)
+        improving = len(rounds) < 2 or gain > max(r["cv_gain"] for r in rounds[:-1])
+        if size >= cap or not improving:
+            log.info("adaptive probe: %d prompts (%s)", size, "max_size" if size >= cap else "gain stopped improving")
+            return
+        new_size = min(cap, size + step)
+        run.store.set_meta("adaptive_probe_size", new_size)
+        run.store.set_probe(sorted(_probe_ids(run, prompts, new_size)))
+        generate_pairs(run, stage_pairs(run, "probe"), f"probe ({new_size})")
+
+
+def router_gain(report) -> float:
+    """A router's held-out gain in mean reward over the best single teacher (out-of-fold for ridge)."""
+    if hasattr(report, "cv_gain"):
+        return float(report.cv_gain)
+    if report.val_mean_reward is None or report.val_best_single_mean_reward is None:
+        return 0.0
+    return float(report.val_mean_reward - report.val_best_single_mean_reward)
 
 
 def prompt_generations(run: Run, prompts: list[Prompt]) -> tuple[list[list[str]], dict]:
@@ -166,14 +210,15 @@ def score_stage(run: Run) -> None:
     score_prompts(run, probe_prompts(run), "score")
 
 
-def score_prompts(run: Run, prompts: list[Prompt], label: str) -> None:
+def score_prompts(run: Run, prompts: list[Prompt], label: str,
+                  kinds: tuple[str, ...] = ("quality", "learnability")) -> None:
     """Score every stored response of every teacher on these prompts that lacks a current score."""
     keys, gens = prompt_generations(run, prompts)
     prompt_of = {k: p for p, row in zip(prompts, keys, strict=True) for k in row}
     ok = [k for row in keys for k in row if k in gens and gens[k].error is None]
-    if run.cfg.reward.alpha < 1:
+    if run.cfg.reward.alpha < 1 and "quality" in kinds:
         _score_quality(run, ok, gens, prompt_of, label)
-    if run.cfg.reward.alpha > 0:
+    if run.cfg.reward.alpha > 0 and "learnability" in kinds:
         _score_learnability(run, ok, gens, prompt_of, label)
 
 
@@ -279,8 +324,6 @@ def _router_dir(run: Run) -> Path:
 
 
 def train_router_stage(run: Run) -> None:
-    from persyn.router import make_router
-
     probe, _, _, rewards = probe_rewards(run)
     r = run.cfg.router
     fp = hashlib.sha256(
@@ -289,13 +332,25 @@ def train_router_stage(run: Run) -> None:
     ).hexdigest()[:16]
     if run.store.get_meta("router_fp") == fp and (_router_dir(run) / "router.json").exists():
         return
-    X = _embedder(run).embed([p.text for p in probe])
-    router = make_router(r.kind, n_teachers=len(run.cfg.teachers), teacher_names=run.teacher_names(),
-                         **r.head_kwargs())
-    report = router.fit(X, rewards)
+    router, report = _fit_router(run, probe, rewards)
     router.save(_router_dir(run))
     run.store.set_meta("router_report", report.as_dict())
     run.store.set_meta("router_fp", fp)
+    if report.fallback_to_bias:
+        reason = getattr(report, "fallback_reason", None) or "the trained head did not beat it on validation"
+        log.warning("router falls back to the best single teacher %s: %s", report.best_single_teacher, reason)
+
+
+def new_router(cfg: RunConfig):
+    from persyn.router import make_router
+
+    return make_router(cfg.router.kind, n_teachers=len(cfg.teachers), teacher_names=[t.name for t in cfg.teachers],
+                       **cfg.router.head_kwargs())
+
+
+def _fit_router(run: Run, probe: list[Prompt], rewards: np.ndarray):
+    router = new_router(run.cfg)
+    return router, router.fit(_embedder(run).embed([p.text for p in probe]), rewards)
 
 
 def load_router(run: Run):
@@ -305,25 +360,39 @@ def load_router(run: Run):
 
 
 def route_stage(run: Run) -> None:
+    """Route every prompt: a probe prompt keeps its best-reward teacher; every other prompt gets the router's top
+    choice, plus the extra candidates the generation budget pays for (persyn.budget)."""
+    from persyn.budget import allocate
+
     fp = run.store.get_meta("router_fp")
+    g = run.cfg.generation
+    plan = {"budget": g.budget, "accept_quality": g.accept_quality}
     prompts = run.store.prompts()
     routing = run.store.routing()
-    if routing and set(routing) == {p.id for p in prompts} and all(v[3] == fp for v in routing.values()):
+    if (routing and set(routing) == {p.id for p in prompts} and all(v.router == fp for v in routing.values())
+            and run.store.get_meta("route_plan") == plan):
         return
     probe, _, _, rewards = probe_rewards(run)
     names = run.teacher_names()
-    router = load_router(run)
-    X = _embedder(run).embed([p.text for p in prompts])
-    S = router.scores(X)
-    best_probe = {p.id: _argmax_nan(rewards[i]) for i, p in enumerate(probe)}
+    S = load_router(run).scores(_embedder(run).embed([p.text for p in prompts]))
+    best_probe = {p.id: (_argmax_nan(rewards[i]), np.flatnonzero(np.isfinite(rewards[i]))) for i, p in enumerate(probe)}
+    routed = [i for i, p in enumerate(prompts) if best_probe.get(p.id, (None,))[0] is None]
+    if g.accept_quality is None:
+        candidates = allocate(S[routed], g.budget)
+    else:  # the cascade asks further teachers in the generate stage, one round at a time
+        candidates = [[int(np.argmax(S[i]))] for i in routed]
+    chosen = dict(zip(routed, candidates, strict=True))
     rows = []
     for i, p in enumerate(prompts):
         scores = {n: float(s) for n, s in zip(names, S[i], strict=True)}
-        if p.id in best_probe and best_probe[p.id] is not None:
-            rows.append((p.id, names[best_probe[p.id]], scores, True))
+        if i in chosen:
+            cands = [names[j] for j in chosen[i]]
+            rows.append((p.id, Route(cands[0], scores, p.id in best_probe, fp, cands)))
         else:
-            rows.append((p.id, names[int(np.argmax(S[i]))], scores, p.id in best_probe))
-    run.store.set_routing(rows, fp)
+            best, answered = best_probe[p.id]
+            rows.append((p.id, Route(names[best], scores, True, fp, [names[j] for j in answered])))
+    run.store.set_routing(rows)
+    run.store.set_meta("route_plan", plan)
 
 
 def _argmax_nan(row: np.ndarray) -> int | None:
@@ -331,7 +400,79 @@ def _argmax_nan(row: np.ndarray) -> int | None:
 
 
 def generate_stage(run: Run) -> None:
-    generate_pairs(run, stage_pairs(run, "generate"), "generate")
+    if run.cfg.generation.accept_quality is None:
+        generate_pairs(run, stage_pairs(run, "generate"), "generate")
+    else:
+        _cascade(run)
+    select_candidates(run)
+
+
+def _routed(run: Run) -> list[tuple[Prompt, Route]]:
+    routing = run.store.routing()
+    return [(p, routing[p.id]) for p in run.store.prompts() if p.id in routing and not routing[p.id].probe]
+
+
+def _cascade(run: Run) -> None:
+    """Ask the router's next teacher while a prompt's best quality is below accept_quality and the budget lasts."""
+    from persyn.budget import cascade_next
+
+    g, names = run.cfg.generation, run.teacher_names()
+    routed = _routed(run)
+    room_total = int(round(g.budget * len(routed)))
+    while True:
+        generate_pairs(run, stage_pairs(run, "generate"), "generate")
+        prompts = [p for p, _ in routed]
+        score_prompts(run, prompts, "cascade", kinds=("quality",))
+        quality = rewards_for(run, prompts)[0]
+        asked = [[names.index(t) for t in r.candidates] for _, r in routed]
+        accepted = [bool(np.any(quality[i, a] >= g.accept_quality)) for i, a in enumerate(asked)]
+        S = np.array([[r.scores[n] for n in names] for _, r in routed]).reshape(len(routed), len(names))
+        nxt = cascade_next(S, asked, accepted, room_total - sum(map(len, asked)))
+        if all(t is None for t in nxt):
+            return
+        updates = {p.id: (r.teacher, r.candidates + [names[t]]) for (p, r), t in zip(routed, nxt, strict=True)
+                   if t is not None}
+        run.store.update_routes(updates)
+        routed = _routed(run)
+
+
+def select_candidates(run: Run) -> None:
+    """Keep each routed prompt's best candidate by the probe's combined reward (see persyn.budget for the scale)."""
+    from persyn.budget import calibrated_reward, probe_scales
+    from persyn.scoring.reward import reward_matrix
+
+    cfg, names = run.cfg, run.teacher_names()
+    multi = [(p, r) for p, r in _routed(run) if len(r.candidates) > 1]
+    if not multi:
+        return
+    prompts = [p for p, _ in multi]
+    score_prompts(run, prompts, "select")
+    quality, learn, _ = rewards_for(run, prompts)
+    keys, gens = prompt_generations(run, prompts)
+    _, probe_q, probe_l, _ = probe_rewards(run)
+    alpha, method = cfg.reward.alpha, cfg.reward.normalization
+    scales = probe_scales(probe_q if alpha < 1 else None, probe_l if alpha > 0 else None, method)
+    updates = {}
+    for i, (p, r) in enumerate(multi):
+        cols = [names.index(t) for t in r.candidates]
+        ok = [j for j in cols if keys[i][j] in gens and gens[keys[i][j]].error is None]
+        if not ok:
+            continue
+        q, l_ = quality[i, ok], learn[i, ok]
+        empty = np.array([not (gens[keys[i][j]].text or "").strip() for j in ok])
+        if len(ok) == len(names):  # every teacher answered: exactly the probe's Eq. 2
+            value = reward_matrix(q[None] if alpha < 1 else np.zeros((1, len(ok))),
+                                  l_[None] if alpha > 0 else None, alpha, method, worst=empty[None])[0]
+        else:
+            value = calibrated_reward(q if alpha < 1 else np.zeros(len(ok)), l_ if alpha > 0 else None, alpha,
+                                      scales)
+            value = np.where(empty, -np.inf, value)
+        value = np.where(np.isnan(value), -np.inf, value)
+        best = names[ok[int(np.argmax(value))]] if np.isfinite(value).any() else names[ok[0]]
+        if best != r.teacher:
+            updates[p.id] = (best, r.candidates)
+    if updates:
+        run.store.update_routes(updates)
 
 
 def export_stage(run: Run) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from persyn.config import RunConfig
+from persyn.probe import random_order
 from persyn.prompts import load_prompts
 from persyn.store import Store
 
@@ -15,7 +15,7 @@ def run_status(cfg: RunConfig) -> list[dict[str, Any]]:
 
     prompts = load_prompts(cfg.prompts)
     k = min(cfg.probe.resolve(len(prompts)), len(prompts))
-    probe_ids = set(random.Random(cfg.probe.seed).sample([p.id for p in prompts], k))
+    probe_ids = set(random_order([p.id for p in prompts], cfg.probe.seed)[:k])
     probe = [p for p in prompts if p.id in probe_ids]
     if not (cfg.path / "persyn.sqlite").exists():
         n = len(probe) * len(cfg.teachers)
@@ -40,8 +40,8 @@ def run_status(cfg: RunConfig) -> list[dict[str, Any]]:
         routed = sum(1 for p in prompts if p.id in routing and routing[p.id][3] == current)
         rows.append({"stage": "route", "done": routed, "pending": len(prompts) - routed})
         teachers = {t.name: t for t in cfg.teachers}
-        routed_keys = [gen_key(cfg, teachers[routing[p.id][0]], p) for p in prompts
-                       if p.id in routing and not routing[p.id][2] and routing[p.id][0] in teachers]
+        routed_keys = [gen_key(cfg, teachers[name], p) for p in prompts if p.id in routing and not routing[p.id].probe
+                       for name in routing[p.id].candidates if name in teachers]
         gdone = store.done_keys(routed_keys)
         pending_unrouted = sum(1 for p in prompts if p.id not in probe_ids and p.id not in routing)
         rows.append({"stage": "generate", "done": len(gdone),

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from persyn.backends.base import GenResult
 from persyn.errors import PersynError
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS scores (
 );
 CREATE TABLE IF NOT EXISTS routing (
   prompt_id TEXT PRIMARY KEY, teacher TEXT NOT NULL, scores TEXT NOT NULL, probe INTEGER NOT NULL,
-  router TEXT NOT NULL
+  router TEXT NOT NULL, candidates TEXT
 );
 """
 
@@ -58,6 +58,16 @@ class Generation:
     cost: float
     pre_quality: float | None
     pre_learnability: float | None
+
+
+class Route(NamedTuple):
+    """Where a prompt's dataset row comes from: the kept teacher and every teacher that generated for it."""
+
+    teacher: str
+    scores: dict[str, float]
+    probe: bool
+    router: str
+    candidates: list[str]
 
 
 class RunLock:
@@ -104,6 +114,9 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(routing)")}
+        if "candidates" not in columns:  # a store made before generation budgets
+            self.db.execute("ALTER TABLE routing ADD COLUMN candidates TEXT")
 
     @classmethod
     def open(cls, run_dir: str | Path) -> Store:
@@ -218,12 +231,20 @@ class Store:
     def truncated_total(self, kind: str, scorer: str) -> int:
         return self.get_meta(f"truncated:{kind}:{scorer}", 0)
 
-    def set_routing(self, rows: list[tuple[str, str, dict[str, float], bool]], router: str) -> None:
+    def set_routing(self, rows: list[tuple[str, Route]]) -> None:
         with self.transaction():
             self.db.execute("DELETE FROM routing")
-            self.db.executemany("INSERT INTO routing VALUES (?,?,?,?,?)",
-                                [(pid, t, json.dumps(s), int(p), router) for pid, t, s, p in rows])
+            self.db.executemany("INSERT INTO routing VALUES (?,?,?,?,?,?)",
+                                [(pid, r.teacher, json.dumps(r.scores), int(r.probe), r.router,
+                                  json.dumps(r.candidates)) for pid, r in rows])
 
-    def routing(self) -> dict[str, tuple[str, dict[str, float], bool, str]]:
-        rows = self.db.execute("SELECT prompt_id, teacher, scores, probe, router FROM routing")
-        return {r[0]: (r[1], json.loads(r[2]), bool(r[3]), r[4]) for r in rows}
+    def update_routes(self, rows: dict[str, tuple[str, list[str]]]) -> None:
+        """Set (kept teacher, candidates) of routed prompts, in one transaction."""
+        with self.transaction():
+            self.db.executemany("UPDATE routing SET teacher=?, candidates=? WHERE prompt_id=?",
+                                [(t, json.dumps(c), pid) for pid, (t, c) in rows.items()])
+
+    def routing(self) -> dict[str, Route]:
+        rows = self.db.execute("SELECT prompt_id, teacher, scores, probe, router, candidates FROM routing")
+        return {r[0]: Route(r[1], json.loads(r[2]), bool(r[3]), r[4], json.loads(r[5]) if r[5] else [r[1]])
+                for r in rows}

@@ -1,0 +1,94 @@
+"""A generation budget between Route then Generate (1 generation per routed prompt) and Generate then Select (N).
+
+Extra generations go where the router is least sure: every routed prompt gets its top teacher, and the remaining
+`(budget - 1) * n` generations go to the (prompt, next teacher) pairs with the smallest score margin to that prompt's
+top choice. In cascade mode (`accept_quality`), the next teacher is asked only while the best answer so far is below
+the accepted quality.
+
+The best candidate is kept by the same combined reward as the probe. Eq. 2 normalises quality and learnability per
+prompt across all N teachers; with k < N candidates, a per-prompt min-max over the k alone would stretch any small
+difference to the full [0, 1] range (two near-identical answers would differ by a whole point of "quality"). So each
+component is divided by its typical per-prompt spread across the N teachers on the probe instead (the mean per-prompt
+range for min-max and rank, the mean per-prompt standard deviation for z-score): a fixed, prompt-independent scale,
+so a comparison between two candidates does not depend on which other teachers answered. With all N candidates
+present, the probe's exact normalisation is used, so `budget = N` is Generate then Select.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def extra_generations(n_prompts: int, budget: float) -> int:
+    return int(round((budget - 1.0) * n_prompts))
+
+
+def allocate(scores: np.ndarray, budget: float) -> list[list[int]]:
+    """Candidate teachers per prompt, best first: each prompt's top choice plus the extra generations by margin."""
+    S = np.asarray(scores, dtype=np.float64)
+    n, T = S.shape
+    order = np.argsort(-S, axis=1, kind="stable")
+    counts = np.ones(n, dtype=np.int64)
+    extra = min(extra_generations(n, budget), n * (T - 1))
+    if extra > 0:
+        top = S[np.arange(n), order[:, 0]]
+        # margin of the prompt's r-th choice (r >= 1) to its top; smaller margin first, prompt order breaks ties
+        margins = top[:, None] - np.take_along_axis(S, order[:, 1:], axis=1)
+        flat = np.lexsort((np.tile(np.arange(1, T), n), np.repeat(np.arange(n), T - 1), margins.ravel()))
+        chosen = flat[:extra] // (T - 1)
+        counts += np.bincount(chosen, minlength=n)
+    return [order[i, : counts[i]].tolist() for i in range(n)]
+
+
+def cascade_next(scores: np.ndarray, asked: list[list[int]], accepted: list[bool], room: int) -> list[int | None]:
+    """One cascade round: per prompt, the next teacher to ask (None: accepted, exhausted or out of budget).
+
+    `room` generations are left; when fewer than the prompts that want one, the least sure (smallest margin between
+    the top choice and the next) go first."""
+    S = np.asarray(scores, dtype=np.float64)
+    n, T = S.shape
+    order = np.argsort(-S, axis=1, kind="stable")
+    want: list[tuple[float, int, int]] = []
+    for i in range(n):
+        if accepted[i] or len(asked[i]) >= T:
+            continue
+        nxt = next(int(t) for t in order[i] if int(t) not in asked[i])
+        want.append((float(S[i, order[i, 0]] - S[i, nxt]), i, nxt))
+    want.sort()
+    out: list[int | None] = [None] * n
+    for _, i, t in want[: max(0, room)]:
+        out[i] = t
+    return out
+
+
+def probe_scales(quality: np.ndarray | None, learnability: np.ndarray | None,
+                 method: str) -> tuple[float, float]:
+    """Typical per-prompt spread of quality and learnability across the teachers on the probe."""
+    def spread(M: np.ndarray | None) -> float:
+        if M is None:
+            return 1.0
+        M = np.asarray(M, dtype=np.float64)
+        rows = M[(~np.isnan(M)).sum(1) >= 2]
+        if not len(rows):
+            return 1.0
+        s = np.nanstd(rows, 1) if method == "zscore" else np.nanmax(rows, 1) - np.nanmin(rows, 1)
+        value = float(np.mean(s))
+        return value if value > 1e-12 and math.isfinite(value) else 1.0
+
+    if method == "none":
+        return 1.0, 1.0
+    return spread(quality), spread(learnability)
+
+
+def calibrated_reward(quality: np.ndarray, learnability: np.ndarray | None, alpha: float,
+                      scales: tuple[float, float]) -> np.ndarray:
+    """Combined reward of any subset of a prompt's candidates on a fixed scale (see the module docstring)."""
+    q = np.asarray(quality, dtype=np.float64) / scales[0]
+    if alpha <= 0 or learnability is None:
+        return q
+    l_ = np.asarray(learnability, dtype=np.float64) / scales[1]
+    if alpha >= 1:
+        return l_
+    return (1 - alpha) * q + alpha * l_
