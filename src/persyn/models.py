@@ -120,15 +120,43 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+_HASH_MEMO: dict[tuple[str, int, int, int, int], str] = {}
+_SMALL_FILE = 1 << 20  # hashed on every call; larger files (weights) go through the on-disk digest cache
 
 
 def _sha256_memo(path: Path) -> str:
+    """sha256 of a file, computed once per (path, size, mtime, inode, ctime): in this process and, for files over
+    1 MiB, across processes in CACHE/digests.sqlite, so a run does not re-read gigabytes of unchanged weights.
+    Weights rewritten in place change the ctime (which no tool can set back), so they are hashed again."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     if key not in _HASH_MEMO:
-        _HASH_MEMO[key] = sha256_file(path)
+        _HASH_MEMO[key] = sha256_file(path) if st.st_size <= _SMALL_FILE else _cached_digest(path, key)
     return _HASH_MEMO[key]
+
+
+def _cached_digest(path: Path, key: tuple[str, int, int, int, int]) -> str:
+    import sqlite3
+
+    stat_key = json.dumps(key[1:])
+    try:
+        cache_root().mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(cache_root() / "digests.sqlite", timeout=30, isolation_level=None)
+    except (OSError, sqlite3.Error):  # a read-only cache: hash without remembering
+        return sha256_file(path)
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, stat TEXT NOT NULL, "
+                   "sha256 TEXT NOT NULL)")
+        row = db.execute("SELECT stat, sha256 FROM digests WHERE path=?", (key[0],)).fetchone()
+        if row and row[0] == stat_key:
+            return row[1]
+        digest = sha256_file(path)
+        db.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?)", (key[0], stat_key, digest))
+        return digest
+    except sqlite3.Error:
+        return sha256_file(path)
+    finally:
+        db.close()
 
 
 @contextlib.contextmanager

@@ -218,11 +218,13 @@ class Store:
     def truncated_total(self, kind: str, scorer: str) -> int:
         return self.get_meta(f"truncated:{kind}:{scorer}", 0)
 
-    def set_routing(self, rows: list[tuple[str, str, dict[str, float], bool]], router: str) -> None:
+    def set_routing(self, rows: list[tuple[str, str, dict[str, float], bool]], router: str | dict[str, str]) -> None:
+        """Replace the routing; `router` is the routing identity of every row, or per prompt id."""
+        ident = (lambda pid: router) if isinstance(router, str) else router.__getitem__
         with self.transaction():
             self.db.execute("DELETE FROM routing")
             self.db.executemany("INSERT INTO routing VALUES (?,?,?,?,?)",
-                                [(pid, t, json.dumps(s), int(p), router) for pid, t, s, p in rows])
+                                [(pid, t, json.dumps(s), int(p), ident(pid)) for pid, t, s, p in rows])
 
     def routing(self) -> dict[str, tuple[str, dict[str, float], bool, str]]:
         rows = self.db.execute("SELECT prompt_id, teacher, scores, probe, router FROM routing")
