@@ -149,6 +149,23 @@ def _interrupted() -> None:
     sys.exit(130)
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, aborts) of click and of the copy of click that typer >= 0.24 vendors as typer._click."""
+    import importlib
+
+    usage: list[type] = []
+    abort: list[type] = [typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(mod.ClickException)
+        if hasattr(mod, "Abort"):  # typer keeps its own Abort (typer.Abort) out of the vendored module
+            abort.append(mod.Abort)
+    return tuple(usage), tuple(abort)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -162,13 +179,12 @@ def main(argv: list[str] | None = None) -> None:
         _interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
+    except Exception as exc:  # click usage errors: an unknown command or option, a missing argument
+        usage, abort = _click_exceptions()
+        if isinstance(exc, usage):
+            exc.show()  # click's usage line, a hint and one "Error: ..." line; no traceback
             sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, abort):
             _interrupted()
         raise
     if code == 130:
