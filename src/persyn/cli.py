@@ -139,6 +139,20 @@ def models_list() -> None:
         console.print(name)
 
 
+@app.command("config-docs")
+def config_docs(out: Annotated[Path, typer.Option(help="Where to write the reference.")] = Path("docs/config.md"),
+                check: Annotated[bool, typer.Option(help="Only check that the file is current (exit 1 if not).")]
+                = False) -> None:
+    """Write the configuration reference (docs/config.md), generated from the config models."""
+    from persyn.config_docs import render, write
+
+    if check:
+        current = out.is_file() and out.read_text(encoding="utf-8") == render()
+        console.print(f"{out}: {'current' if current else 'stale: run persyn config-docs'}")
+        raise typer.Exit(0 if current else 1)
+    console.print(f"{out}: {'written' if write(out) else 'already current'}")
+
+
 # Commands for baselines, router evaluation, student training and evaluation live in their own module.
 from persyn import cli_experiments  # noqa: E402,F401
 
