@@ -145,16 +145,16 @@ def _cached_digest(path: Path, key: tuple[str, int, int, int, int]) -> str:
     except (OSError, sqlite3.Error):  # a read-only cache: hash without remembering
         return sha256_file(path)
     try:
-        db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, stat TEXT NOT NULL, "
-                   "sha256 TEXT NOT NULL)")
-        row = db.execute("SELECT stat, sha256 FROM digests WHERE path=?", (key[0],)).fetchone()
-        if row and row[0] == stat_key:
-            return row[1]
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, stat TEXT NOT NULL, "
+                       "sha256 TEXT NOT NULL)")
+            row = db.execute("SELECT stat, sha256 FROM digests WHERE path=?", (key[0],)).fetchone()
+            if row and row[0] == stat_key:
+                return row[1]
         digest = sha256_file(path)
-        db.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?)", (key[0], stat_key, digest))
+        with contextlib.suppress(sqlite3.Error):  # not remembered: hashed again next time, never wrong
+            db.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?)", (key[0], stat_key, digest))
         return digest
-    except sqlite3.Error:
-        return sha256_file(path)
     finally:
         db.close()
 

@@ -41,6 +41,7 @@ class Run:
     failed: int = 0
     truncated: int = 0  # responses cut to fit the student's context while scoring
     summary: dict = field(default_factory=dict)
+    resumed: bool = False  # the store held prompts from an earlier run
     prompt_changes: list[str] = field(default_factory=list)  # prompts edited, added or removed since the last run
     changes: str = ""  # the line saying what changed since the last run and what will be redone
     keys: Keys = field(init=False)
@@ -83,6 +84,7 @@ def load_stage(run: Run) -> list[Prompt]:
     run.store.set_prompts(prompts)
     run.store.set_probe(sorted(current_probe(run.store, cfg, [p.id for p in prompts])))
     run.store.set_meta("probe_seed", cfg.probe.seed)
+    run.resumed = bool(old)
     if old:
         run.prompt_changes = describe_prompt_changes(old, {p.id: p.text for p in prompts})
     return prompts
@@ -385,8 +387,8 @@ def announce_changes(run: Run, prompts: list[Prompt]) -> None:
     snapshot = run.keys.snapshot()
     previous = run.store.get_meta("identity")
     work = redo_phrase(pending_work(run.cfg, run.store, run.keys, prompts, run.store.probe_ids()))
-    if previous is None:
-        run.changes = f"first run -> to do: {work}"
+    if previous is None:  # a new run_dir, or one from a persyn that did not record its inputs
+        run.changes = f"{'no record of the last run' if run.resumed else 'first run'} -> to do: {work}"
     elif changes := describe_changes(previous, snapshot) + run.prompt_changes:
         run.changes = f"changed since last run: {', '.join(changes)} -> redo: {work}"
     else:
