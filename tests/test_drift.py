@@ -325,3 +325,26 @@ def test_weight_digests_are_cached_on_disk_and_redone_when_a_file_is_rewritten(t
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
     models._HASH_MEMO.clear()
     assert models.model_identity(str(model)) != first
+
+
+def test_describe_changes_names_each_input():
+    from persyn.keys import describe_changes, describe_prompt_changes
+
+    def fp(**kw):
+        return json.dumps(kw, sort_keys=True)
+
+    params = {"max_new_tokens": 8, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    old = {"teachers": {"a": {"fingerprint": fp(backend="openai", base_url="u", model="m", body={}), "params": params},
+                        "b": {"fingerprint": fp(backend="transformers", model="dir:x:1"), "params": params},
+                        "gone": {"fingerprint": "x", "params": params}},
+           "quality": fp(kind="reward_model", model="r", max_length=512), "student": fp(model="s", max_length=64)}
+    new = {"teachers": {"a": {"fingerprint": fp(backend="openai", base_url="v", model="m2", body={}), "params": params},
+                        "b": {"fingerprint": fp(backend="transformers", model="dir:x:1"),
+                              "params": {**params, "temperature": 0.7}},
+                        "c": {"fingerprint": "y", "params": params}},
+           "quality": fp(kind="reward_model", model="r", max_length=1024), "student": fp(model="s", max_length=64)}
+    assert describe_changes(old, new) == ["teacher a (base_url, model)", "teacher b (generation parameters)",
+                                          "teacher c added", "teacher gone removed", "quality scorer (max_length)"]
+    assert describe_changes(None, new) == [] and describe_changes(new, new) == []
+    assert describe_prompt_changes({"1": "x", "2": "y"}, {"1": "x2", "3": "z", "4": "w"}) == [
+        "text of 1 prompt", "2 prompts added", "1 prompt removed"]

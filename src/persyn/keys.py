@@ -163,7 +163,8 @@ def _fields(old: str, new: str) -> list[str]:
         return ["identity"]
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return ["identity"]
-    names = [_WORDS.get(k, k) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    words = {**_WORDS, "model": "model"} if b.get("backend") == "openai" else _WORDS  # a served name, not weights
+    names = [words.get(k, k) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return list(dict.fromkeys(names)) or ["identity"]
 
 
