@@ -8,6 +8,7 @@ prompts), runs again, and counts what the store gained. Old rows are never rewri
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -17,7 +18,6 @@ from conftest import CHATML
 
 from persyn.config import parse_config
 from persyn.keys import Keys, draw_probe
-from persyn.models import unload_all
 from persyn.pipeline import run_stages
 from persyn.prompts import Prompt
 from persyn.status import run_status
@@ -68,6 +68,12 @@ def scores(cfg: dict, kind: str) -> dict[tuple[str, str], float]:
                                                     (kind,))}
 
 
+def learnability_values(cfg: dict) -> dict[tuple[str, str], float]:
+    with sqlite3.connect(Path(cfg["run_dir"]) / "persyn.sqlite") as db:
+        return {(k, s): v for k, s, v in db.execute("SELECT gen_key, scorer, value FROM scores "
+                                                    "WHERE kind='learnability'")}
+
+
 def routing(cfg: dict) -> dict[str, tuple[str, bool]]:
     lines = (Path(cfg["run_dir"]) / "routing.jsonl").read_text().splitlines()
     return {r["id"]: (r["teacher"], r["probe"]) for r in map(json.loads, lines)}
@@ -91,9 +97,8 @@ def needed(cfg: dict) -> dict[str, tuple[str, str]]:
 
 
 def rerun(cfg: dict, before: dict) -> tuple[object, dict[str, tuple]]:
-    """Run again (as a new process would: no model kept in memory); returns the run and the new generations,
-    after checking that no old row was rewritten and that exactly the missing needed ones were made."""
-    unload_all()
+    """Run again in this process (models loaded by the last run stay cached); returns the run and the new
+    generations, after checking that no old row was rewritten and that exactly the missing needed ones were made."""
     run = run_stages(parse_config(cfg))
     after = generations(cfg)
     assert {k: after[k] for k in before} == before, "an old generation was rewritten"
@@ -190,9 +195,11 @@ def test_new_weights_at_the_same_path_regenerate_that_teacher_only(tmp_path, pro
     before = generations(cfg)
     # Same size, and copy2 even keeps the old file's mtime: only the content (and the inode's ctime) differ.
     shutil.copy2(tiny_lm_dir_b / "model.safetensors", model / "model.safetensors")
-    second, new = rerun(cfg, before)
+    second, new = rerun(cfg, before)  # in the same process: the cached model is dropped, not reused
     assert {t for t, _, _, _, _ in new.values()} == {"a"} and len(new) == K + routed_to(cfg, "a")
     assert "teacher a (weights)" in second.changes
+    old_text = {pid: text for t, pid, _, text, _ in before.values() if t == "a"}
+    assert any(text != old_text[pid] for _, pid, _, text, _ in new.values())
 
 
 def test_student_updated_in_place_rescores_learnability_only(tmp_path, prompts_file, tiny_lm_dir, tiny_lm_dir_b):
@@ -205,14 +212,19 @@ def test_student_updated_in_place_rescores_learnability_only(tmp_path, prompts_f
     run_stages(parse_config(cfg))
     before, q_before, l_before = generations(cfg), scores(cfg, "quality"), scores(cfg, "learnability")
     assert len(l_before) == 2 * K
-    shutil.copy2(tiny_lm_dir_b / "model.safetensors", student / "model.safetensors")
-    unload_all()
+    # Saved next to it and renamed over it (a new inode: a model that mmapped the old file would keep old weights).
+    shutil.copy2(tiny_lm_dir_b / "model.safetensors", student / "new.tmp")
+    os.replace(student / "new.tmp", student / "model.safetensors")
     scored = run_stages(parse_config(cfg), ["probe", "score"])
     assert scored.generated == 0 and scored.executor.calls == 0
     assert scored.changes == f"changed since last run: student (weights) -> redo: learnability of {2 * K} responses"
     assert generations(cfg) == before and scores(cfg, "quality") == q_before
     l_now = scores(cfg, "learnability")
     assert {k: l_now[k] for k in l_before} == l_before and len(l_now) == 4 * K
+    # Scored with the new weights in this same process, not with the model the first run left cached.
+    values = learnability_values(cfg)
+    [new_scorer] = {s for _, s in l_now} - {s for _, s in l_before}
+    assert all(values[k, new_scorer] != values[k, s] for k, s in l_before)
     rerun(cfg, before)  # routing may move with the new rewards; only what the new routing lacks is generated
 
 
@@ -298,8 +310,6 @@ def test_resolved_config_is_written_and_loads_back(tmp_path, prompts_file, tiny_
 
 
 def test_weight_digests_are_cached_on_disk_and_redone_when_a_file_is_rewritten(tmp_path, monkeypatch):
-    import os
-
     import persyn.models as models
 
     monkeypatch.setenv("PERSYN_CACHE", str(tmp_path / "cache"))

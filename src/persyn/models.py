@@ -423,6 +423,19 @@ def model_identity(spec: str) -> str:
 
 _LOADED: dict[tuple[str, str, str, bool], tuple[Any, Any]] = {}
 _TOKENIZERS: dict[tuple[str, bool], Any] = {}
+_IDENTITY: dict[str, str] = {}  # location -> model_identity when its cached model and tokenizer were loaded
+
+
+def _drop_if_rewritten(spec: str, location: str) -> None:
+    """Forget a cached model and tokenizer whose files changed since they were loaded (new weights at the same
+    path), so a long-lived process never generates or scores with the old ones under the new identity."""
+    identity = model_identity(spec)
+    if _IDENTITY.get(location, identity) != identity:
+        for key in [k for k in _LOADED if k[0] == location]:
+            del _LOADED[key]
+        for key in [k for k in _TOKENIZERS if k[0] == location]:
+            del _TOKENIZERS[key]
+    _IDENTITY[location] = identity
 
 
 def default_device() -> str:
@@ -459,6 +472,7 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     location = resolve(spec, trust_remote_code=trust_remote_code)
+    _drop_if_rewritten(spec, location)
     key = (location, trust_remote_code)
     if key not in _TOKENIZERS:
         try:
@@ -481,6 +495,7 @@ def load_causal_lm(spec: str, *, dtype: str | None = None, device: str | None = 
     device = device or default_device()
     torch_dtype = _torch_dtype(dtype, device)
     location = resolve(spec, trust_remote_code=trust_remote_code)
+    _drop_if_rewritten(spec, location)
     key = (location, str(torch_dtype), device, trust_remote_code)
     if key not in _LOADED:
         tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
@@ -506,6 +521,7 @@ def unload_all() -> None:
     """Drop every cached model and tokenizer (and free the GPU memory they held)."""
     _LOADED.clear()
     _TOKENIZERS.clear()
+    _IDENTITY.clear()
     import gc
 
     gc.collect()
