@@ -356,5 +356,7 @@ def test_describe_changes_names_each_input():
     assert describe_changes(old, new) == ["teacher a (base_url, model)", "teacher b (generation parameters)",
                                           "teacher c added", "teacher gone removed", "quality scorer (max_length)"]
     assert describe_changes(None, new) == [] and describe_changes(new, new) == []
+    old["reward"], new["reward"] = {"alpha": 0.0, "normalization": "minmax"}, {"alpha": 0.4, "normalization": "minmax"}
+    assert describe_changes(old, new)[-1] == "reward (alpha)"
     assert describe_prompt_changes({"1": "x", "2": "y"}, {"1": "x2", "3": "z", "4": "w"}) == [
         "text of 1 prompt", "2 prompts added", "1 prompt removed"]

@@ -118,6 +118,8 @@ class Keys:
             snap["quality"] = self.quality_scorer
         if cfg.reward.alpha > 0 and cfg.student is not None:
             snap["student"] = self.learnability_scorer
+        snap["reward"] = cfg.reward.model_dump(mode="json")
+        snap["router"] = cfg.router.model_dump(mode="json")
         return snap
 
 
@@ -188,6 +190,10 @@ def describe_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[st
     for part, label in (("student", "student"), ("quality", "quality scorer")):
         if part in new and part in old and old[part] != new[part]:
             out.append(f"{label} ({', '.join(_fields(old[part], new[part]))})")
+    for part in ("reward", "router"):  # settings: name the keys that differ
+        was, now = old.get(part) or {}, new.get(part) or {}
+        if diff := [k for k in now if k in was and was[k] != now[k]]:
+            out.append(f"{part} ({', '.join(diff)})")
     return out
 
 
