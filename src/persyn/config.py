@@ -147,7 +147,8 @@ class ProbeConfig(Strict):
     fraction: float | None = Field(default=None, gt=0, le=1, description=(
         "Probe share of the prompts; 0.05 when neither size nor fraction is given."))
     seed: int = Field(default=0, description=(
-        "Seed of the probe draw: prompts ranked by a hash of (seed, id); appended prompts leave the probe as it was."))
+        "Seed of the probe draw: prompts ranked by a hash of (seed, id). Appended prompts leave the drawn probe "
+        "as it was (a `fraction` probe grows by the best-ranked new prompts)."))
 
     @model_validator(mode="after")
     def _one_of(self) -> ProbeConfig:
