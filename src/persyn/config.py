@@ -148,7 +148,7 @@ class ProbeConfig(Strict):
         "Probe share of the prompts; 0.05 when neither size nor fraction is given."))
     seed: int = Field(default=0, description=(
         "Seed of the probe draw: prompts ranked by a hash of (seed, id). Appended prompts leave the drawn probe "
-        "as it was (a `fraction` probe grows by the best-ranked new prompts)."))
+        "as it was (a `fraction` probe only grows, by the best-ranked prompts outside it)."))
 
     @model_validator(mode="after")
     def _one_of(self) -> ProbeConfig:
