@@ -44,7 +44,14 @@ def recorded_run(tmp_path: Path, backbone: Path) -> tuple[Path, Path]:
     return config, other
 
 
-def test_second_run_fails_at_once_and_a_killed_holder_leaves_no_stale_lock(tmp_path, tiny_lm_dir, capsys):
+def test_second_run_fails_at_once_and_a_killed_holder_leaves_no_stale_lock(tmp_path, tiny_lm_dir, capsys,
+                                                                           monkeypatch):
+    from persyn.backends.base import BACKENDS, make_backend
+
+    # status keys generations by the backend's fingerprint, so it needs the driver's `logged` backend here too:
+    # the recorded backend it wraps, whose fingerprint it reports.
+    monkeypatch.setitem(BACKENDS._items, "logged", lambda teacher, **context: make_backend(
+        teacher.model_copy(update={"backend": teacher.extra["inner"]}), **context))
     config, other = recorded_run(tmp_path, tiny_lm_dir)
     log = tmp_path / "calls.log"
     holder = spawn(config, "probe:1", log, pause=True)

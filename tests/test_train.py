@@ -131,3 +131,17 @@ def test_bad_rows_name_file_and_line(tiny_lm_dir, tmp_path):
 def test_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match="extra"):
         TrainConfig(model="m", output_dir="o", epochz=2)
+
+
+def test_warmup_ratio_is_a_ratio_of_the_total_steps(tiny_lm_dir, sft_dataset, tmp_path):
+    """warmup_ratio=0.5 over 4 steps warms up for 2 steps, on transformers 4 (warmup_ratio) and 5 (warmup_steps)."""
+    cfg = TrainConfig(model=str(tiny_lm_dir), output_dir=str(tmp_path / "o"), max_steps=4, warmup_ratio=0.5,
+                      learning_rate=1e-3)
+    trainer = build_trainer(cfg, sft_dataset)
+    trainer.create_optimizer_and_scheduler(num_training_steps=4)
+    lrs = []
+    for _ in range(4):
+        lrs.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert lrs == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])

@@ -139,6 +139,20 @@ def models_list() -> None:
         console.print(name)
 
 
+@app.command("config-docs")
+def config_docs(out: Annotated[Path, typer.Option(help="Where to write the reference.")] = Path("docs/config.md"),
+                check: Annotated[bool, typer.Option(help="Only check that the file is current (exit 1 if not).")]
+                = False) -> None:
+    """Write the configuration reference (docs/config.md), generated from the config models."""
+    from persyn.config_docs import render, write
+
+    if check:
+        current = out.is_file() and out.read_text(encoding="utf-8") == render()
+        console.print(f"{out}: {'current' if current else 'stale: run persyn config-docs'}")
+        raise typer.Exit(0 if current else 1)
+    console.print(f"{out}: {'written' if write(out) else 'already current'}")
+
+
 # Commands for baselines, router evaluation, student training and evaluation live in their own module.
 from persyn import cli_experiments  # noqa: E402,F401
 
@@ -147,6 +161,23 @@ def _interrupted() -> None:
     Console(stderr=True).print("\ninterrupted: everything finished so far is saved; run the same command "
                                "again to resume.", highlight=False, soft_wrap=True)
     sys.exit(130)
+
+
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, aborts) of click and of the copy of click that typer >= 0.24 vendors as typer._click."""
+    import importlib
+
+    usage: list[type] = []
+    abort: list[type] = [typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(mod.ClickException)
+        if hasattr(mod, "Abort"):  # typer keeps its own Abort (typer.Abort) out of the vendored module
+            abort.append(mod.Abort)
+    return tuple(usage), tuple(abort)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,13 +193,12 @@ def main(argv: list[str] | None = None) -> None:
         _interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
+    except Exception as exc:  # click usage errors: an unknown command or option, a missing argument
+        usage, abort = _click_exceptions()
+        if isinstance(exc, usage):
+            exc.show()  # click's usage line, a hint and one "Error: ..." line; no traceback
             sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, abort):
             _interrupted()
         raise
     if code == 130:

@@ -19,96 +19,148 @@ class Strict(BaseModel):
 
 
 class PromptsConfig(Strict):
-    path: str  # .jsonl/.json/.csv/.parquet file, or hf:NAME[:SPLIT]
-    field: str = "prompt"
-    id_field: str | None = None
-    reference_field: str | None = None
-    limit: int | None = Field(default=None, gt=0)
-    seed: int = 0  # shuffles before `limit` when a limit is set
+    path: str = Field(description=(
+        "The prompts: a .jsonl, .json, .csv or .parquet file, `hf:NAME[:SPLIT]` (a Hugging Face dataset) or "
+        "`gym:TASK[+TASK...]:SIZE[:SEED]` (reasoning-gym problems)."))
+    field: str = Field(default="prompt", description="The column that holds each prompt's text.")
+    id_field: str | None = Field(default=None, description=(
+        "The column that holds a stable prompt id; None: the id is a hash of the text, so an edited text is a new "
+        "prompt."))
+    reference_field: str | None = Field(default=None, description=(
+        "The column with the reference answer (needed by quality `math_answer`)."))
+    limit: int | None = Field(default=None, gt=0, description=(
+        "Use at most this many prompts (a seeded sample); None: all."))
+    seed: int = Field(default=0, description="Seed of the shuffle before `limit` when a limit is set.")
 
 
 class GenerationConfig(Strict):
-    max_new_tokens: int = Field(default=256, gt=0)
-    temperature: float = Field(default=0.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int = 0
-    batch_size: int = Field(default=8, gt=0)
-    dtype: Dtype = "auto"  # weights and activations of local teachers
-    # Average generations per routed prompt: 1 = Route then Generate, the number of teachers = Generate then Select.
-    # Extra generations go to the prompts where the router is least sure; the best candidate is kept by reward.
-    budget: float = Field(default=1.0, ge=1)
-    # Cascade: generate the router's next choice only while the best quality so far is below this.
-    accept_quality: float | None = None
+    max_new_tokens: int = Field(default=256, gt=0, description=(
+        "Longest response, in tokens; part of the generation key."))
+    temperature: float = Field(default=0.0, ge=0, description=(
+        "Sampling temperature (0: greedy); part of the generation key."))
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass; part of the generation key.")
+    seed: int = Field(default=0, description=(
+        "Sampling seed; each request is seeded by it and its key, so an output does not depend on its batch."))
+    batch_size: int = Field(default=8, gt=0, description="Requests per batch of a local teacher; not part of any key.")
+    dtype: Dtype = Field(default="auto", description=(
+        "Weights and activations of local teachers. auto: bfloat16 on a GPU, float32 on a CPU (bfloat16 on a CPU with "
+        "AVX512-BF16 or AMX generates about 2x faster). Not part of any key."))
+    budget: float = Field(default=1.0, ge=1, description=(
+        "Average generations per routed prompt: 1 is Route then Generate, the number of teachers is Generate then "
+        "Select. Extra generations go to the prompts where the router's margin is smallest; the best candidate is "
+        "kept by the combined reward (see persyn.budget)."))
+    accept_quality: float | None = Field(default=None, description=(
+        "Cascade: ask the router's next teacher only while the best quality so far is below this (e.g. 1 for a "
+        "correct math answer), within `budget`. None: the budget goes to the smallest margins."))
 
 
 class TeacherConfig(Strict):
-    name: str
-    backend: str = "transformers"
-    model: str | None = None  # HF id, local dir, .gguf file or registry name; for `recorded`, the responses file
-    family: str | None = None
-    cost_per_1k_tokens: float = Field(default=0.0, ge=0)
+    name: str = Field(description=(
+        "The teacher's display name (unique); not part of any key, so renaming redoes nothing."))
+    backend: str = Field(default="transformers", description=(
+        "How it generates: `transformers` (local model), `openai` (an OpenAI-compatible server) or `recorded` "
+        "(responses on disk)."))
+    model: str | None = Field(default=None, description=(
+        "transformers: registry name, HF id, local directory or .gguf file; openai: the served model name; recorded: "
+        "the responses file."))
+    family: str | None = Field(default=None, description="Model family (e.g. `qwen`), for the family-strong baseline.")
+    cost_per_1k_tokens: float = Field(default=0.0, ge=0, description=(
+        "Price per 1000 prompt + completion tokens, for the cost columns of the summary."))
     # Overrides of the run's generation defaults (None: use the default).
-    max_new_tokens: int | None = Field(default=None, gt=0)
-    temperature: float | None = Field(default=None, ge=0)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    batch_size: int | None = Field(default=None, gt=0)
-    dtype: Dtype | None = None
-    chat_template: str | None = None  # Jinja override; "few-shot" for base models
-    few_shot: bool | None = None  # None: use the chat template when the tokenizer has one
-    trust_remote_code: bool = False
+    max_new_tokens: int | None = Field(default=None, gt=0, description=(
+        "Overrides generation.max_new_tokens for this teacher (None: the run default)."))
+    temperature: float | None = Field(default=None, ge=0, description=(
+        "Overrides generation.temperature for this teacher (None: the run default)."))
+    top_p: float | None = Field(default=None, gt=0, le=1, description=(
+        "Overrides generation.top_p for this teacher (None: the run default)."))
+    batch_size: int | None = Field(default=None, gt=0, description=(
+        "Overrides generation.batch_size for this teacher (None: the run default)."))
+    dtype: Dtype | None = Field(default=None, description=(
+        "Overrides generation.dtype for this teacher (None: the run default)."))
+    chat_template: str | None = Field(default=None, description=(
+        "Jinja chat template, inline or a .jinja file (its content is part of the key); `few-shot` for base models."))
+    few_shot: bool | None = Field(default=None, description=(
+        "Prompt with the few-shot format instead of a chat template; None: the chat template when the tokenizer has "
+        "one."))
+    trust_remote_code: bool = Field(default=False, description=(
+        "Allow the model's own Python code (transformers backend)."))
     # recorded backend: field names in the responses file
-    prompt_field: str = "instruction"
-    response_field: str = "output"
-    quality_field: str | None = "quality"
-    learnability_field: str | None = "learnability"
+    prompt_field: str = Field(default="instruction", description="recorded: the field that holds the prompt text.")
+    response_field: str = Field(default="output", description="recorded: the field that holds the response.")
+    quality_field: str | None = Field(default="quality", description=(
+        "recorded: a per-response quality that replaces the computed one (None: none)."))
+    learnability_field: str | None = Field(default="learnability", description=(
+        "recorded: a per-response learnability that replaces the computed one (None: none)."))
     # openai backend
-    base_url: str | None = None
-    api_key_env: str | None = None
-    max_concurrency: int = Field(default=8, gt=0)
-    requests_per_minute: float | None = Field(default=None, gt=0)
-    tokens_per_minute: float | None = Field(default=None, gt=0)
-    timeout_s: float = Field(default=120.0, gt=0)
-    max_retries: int = Field(default=5, ge=0)
-    extra: dict[str, Any] = Field(default_factory=dict)  # backend-specific settings
+    base_url: str | None = Field(default=None, description=(
+        "openai: the server's base URL, e.g. http://localhost:8000/v1; part of the key."))
+    api_key_env: str | None = Field(default=None, description=(
+        "openai: the environment variable that holds the API key (never stored or logged)."))
+    max_concurrency: int = Field(default=8, gt=0, description="openai: requests in flight at once.")
+    requests_per_minute: float | None = Field(default=None, gt=0, description=(
+        "openai: request rate limit (token bucket); None: unlimited."))
+    tokens_per_minute: float | None = Field(default=None, gt=0, description=(
+        "openai: token rate limit (token bucket); None: unlimited."))
+    timeout_s: float = Field(default=120.0, gt=0, description="openai: seconds to wait for one response.")
+    max_retries: int = Field(default=5, ge=0, description=(
+        "openai: retries of a failed request (429, 5xx, timeouts, unusable replies) with exponential backoff."))
+    extra: dict[str, Any] = Field(default_factory=dict, description=(
+        "Backend-specific settings. openai: `body` (merged into every request body; part of the key), `headers`, "
+        "`backoff_base_s`, `backoff_max_s`."))
 
 
 class StudentConfig(Strict):
-    model: str
-    chat_template: str | None = None  # Jinja override of the tokenizer's template
-    few_shot: bool | None = None
-    trust_remote_code: bool = False
-    max_length: int = Field(default=1024, gt=8)  # prompt + response tokens; longer responses are truncated
-    batch_tokens: int = Field(default=4096, gt=0)  # learnability scoring batch budget in tokens
-    dtype: Dtype = "auto"
-    server_url: str | None = None  # an OpenAI-compatible server that returns prompt log-probs
-    family: str | None = None  # model family (e.g. "qwen"); the family-strong baseline picks a teacher of it
+    model: str = Field(description=(
+        "The student: registry name, HF id, local directory or .gguf file; its weights' identity keys the "
+        "learnability scores."))
+    chat_template: str | None = Field(default=None, description=(
+        "Jinja override of the tokenizer's chat template (part of the learnability key)."))
+    few_shot: bool | None = Field(default=None, description=(
+        "Score with the few-shot format (base models); None: the chat template when the tokenizer has one."))
+    trust_remote_code: bool = Field(default=False, description="Allow the model's own Python code.")
+    max_length: int = Field(default=1024, gt=8, description=(
+        "Prompt + response tokens scored; longer responses are truncated and counted."))
+    batch_tokens: int = Field(default=4096, gt=0, description="Token budget of one learnability scoring batch.")
+    dtype: Dtype = Field(default="auto", description="Weights and activations of the student while scoring.")
+    server_url: str | None = Field(default=None, description=(
+        "An OpenAI-compatible server that returns prompt log-probs, used instead of the local model."))
+    family: str | None = Field(default=None, description=(
+        "Model family (e.g. `qwen`); the family-strong baseline picks a teacher of it."))
 
 
 class QualityConfig(Strict):
-    kind: Literal["math_answer", "reward_model", "field"] = "math_answer"
-    model: str | None = None  # reward_model: a sequence-classification model
-    field: str = "quality"  # field: the per-response field of a recorded teacher
-    batch_size: int = Field(default=8, gt=0)
-    max_length: int = Field(default=2048, gt=8)
-    trust_remote_code: bool = False
+    kind: Literal["math_answer", "reward_model", "field"] = Field(default="math_answer", description=(
+        "`math_answer` (final answer against the reference), `reward_model` (a sequence-classification model) or "
+        "`field` (a recorded per-response field)."))
+    model: str | None = Field(default=None, description=(
+        "reward_model: the sequence-classification model; its weights' identity keys the scores."))
+    field: str = Field(default="quality", description="field: the recorded per-response field that holds the quality.")
+    batch_size: int = Field(default=8, gt=0, description="reward_model: responses per batch.")
+    max_length: int = Field(default=2048, gt=8, description=(
+        "reward_model: tokens of (prompt, response) scored; part of the key."))
+    trust_remote_code: bool = Field(default=False, description="reward_model: allow the model's own Python code.")
 
 
 class RewardConfig(Strict):
-    alpha: float = Field(default=0.4, ge=0, le=1)
-    normalization: Literal["minmax", "zscore", "rank", "none"] = "minmax"
-
-
-ProbeStrategy = Literal["random", "diverse", "adaptive"]
+    alpha: float = Field(default=0.4, ge=0, le=1, description=(
+        "Weight of learnability in the combined reward r = (1-alpha) quality + alpha learnability (Eq. 2)."))
+    normalization: Literal["minmax", "zscore", "rank", "none"] = Field(default="minmax", description=(
+        "How quality and learnability are normalised across the teachers' responses to one prompt."))
 
 
 class ProbeConfig(Strict):
-    size: int | None = Field(default=None, gt=0)
-    fraction: float | None = Field(default=None, gt=0, le=1)
-    seed: int = 0
-    # random: a seeded draw; diverse: k-center over prompt embeddings; adaptive: grow in rounds of `size` until the
-    # router's cross-validated gain stops improving or `max_size` is reached.
-    strategy: ProbeStrategy = "random"
-    max_size: int | None = Field(default=None, gt=0)
+    size: int | None = Field(default=None, gt=0, description=(
+        "Probe prompts (every teacher answers each); give size or fraction."))
+    fraction: float | None = Field(default=None, gt=0, le=1, description=(
+        "Probe share of the prompts; 0.05 when neither size nor fraction is given."))
+    seed: int = Field(default=0, description=(
+        "Seed of the probe draw: prompts ranked by a hash of (seed, id). Appended prompts leave the drawn probe "
+        "as it was (a `fraction` probe only grows, by the best-ranked prompts outside it)."))
+    strategy: Literal["random", "diverse", "adaptive"] = Field(default="random", description=(
+        "random: the seeded draw; diverse: greedy k-center over the router's prompt embeddings; adaptive: the "
+        "draw grown by `size` prompts a round while the router's cross-validated gain improves, up to max_size."))
+    max_size: int | None = Field(default=None, gt=0, description=(
+        "adaptive: the largest probe (None: 4 x size)."))
 
     @model_validator(mode="after")
     def _one_of(self) -> ProbeConfig:
@@ -125,30 +177,35 @@ class ProbeConfig(Strict):
 
 
 class RouterConfig(Strict):
-    # ridge: each teacher's probe mean + a cross-validated ridge residual on the prompt embedding (the default: it
-    # beats the best single teacher on held-out prompts where bt does not; docs/routing.md); bt: the paper's
-    # Bradley-Terry coefficient head.
-    kind: str = "ridge"
-    backbone: str = "all-minilm-l6-v2"
-    pooling: Literal["mean", "last"] = "mean"
-    layers: list[int] = Field(default_factory=lambda: [-1])
-    max_length: int = Field(default=256, gt=0)
-    embed_batch_size: int = Field(default=32, gt=0)
-    epochs: int = Field(default=200, gt=0)
-    lr: float = Field(default=1e-2, gt=0)
-    batch_size: int = Field(default=64, gt=0)
-    weight_decay: float = Field(default=1e-2, ge=0)
-    val_fraction: float = Field(default=0.2, ge=0, lt=1)
-    patience: int = Field(default=20, gt=0)
-    # ridge: folds of the cross-validation that picks the ridge strength and decides the fallback
-    folds: int = Field(default=5, ge=2)
-    lambdas: list[float] = Field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
-    # The trained router is kept only if its held-out gain over the best single teacher exceeds this many standard
-    # errors; otherwise routing falls back to that teacher. None: the kind's default (bt 1.64 on its one validation
-    # split, where the best epoch is picked on the same prompts; ridge 0 on out-of-fold predictions).
-    min_gain_z: float | None = Field(default=None, ge=0)
-    seed: int = 0
-    trust_remote_code: bool = False
+    kind: str = Field(default="ridge", description=(
+        "The router. ridge (default): each teacher's probe mean plus a ridge-regressed, prompt-dependent residual, "
+        "its strength and the fallback chosen by K-fold cross-validation over the whole probe; it beats the best "
+        "single teacher on held-out prompts where bt does not (docs/routing.md). bt: the paper's Bradley-Terry "
+        "coefficient head (Eq. 3)."))
+    backbone: str = Field(default="all-minilm-l6-v2", description=(
+        "Prompt encoder: registry name, HF encoder or causal LM, local directory, or `student`."))
+    pooling: Literal["mean", "last"] = Field(default="mean", description=(
+        "How token states become one embedding: mean, or the last token (causal LMs)."))
+    layers: list[int] = Field(default_factory=lambda: [-1], description=(
+        "Hidden layers averaged into the embedding (-1: the last)."))
+    max_length: int = Field(default=256, gt=0, description="Prompt tokens embedded.")
+    embed_batch_size: int = Field(default=32, gt=0, description="Prompts per embedding batch.")
+    epochs: int = Field(default=200, gt=0, description="Most training epochs of the head.")
+    lr: float = Field(default=1e-2, gt=0, description="Learning rate of the head.")
+    batch_size: int = Field(default=64, gt=0, description="Probe prompts per training batch.")
+    weight_decay: float = Field(default=1e-2, ge=0, description="AdamW weight decay of the head.")
+    val_fraction: float = Field(default=0.2, ge=0, lt=1, description=(
+        "Probe share held out to pick the epoch and check the head against every single teacher (0: no check)."))
+    patience: int = Field(default=20, gt=0, description="Epochs without validation improvement before training stops.")
+    folds: int = Field(default=5, ge=2, description="ridge: folds of the cross-validation over the probe.")
+    lambdas: list[float] = Field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0, 30.0, 100.0], description=(
+        "ridge: strengths tried by cross-validation (per feature of the standardised embedding)."))
+    min_gain_z: float | None = Field(default=None, ge=0, description=(
+        "The trained router is kept only if its held-out gain over the best single teacher exceeds this many "
+        "standard errors; otherwise routing falls back to that teacher. None: the kind's default (bt: 1.64 on its "
+        "one validation split, against every single teacher; ridge: 0 on out-of-fold predictions)."))
+    seed: int = Field(default=0, description="Seed of the validation split and the head's training.")
+    trust_remote_code: bool = Field(default=False, description="Allow the backbone's own Python code.")
 
     def head_kwargs(self) -> dict[str, Any]:
         """The router's training hyperparameters, as make_router takes them for this kind."""
@@ -168,25 +225,36 @@ STRATEGY_NAMES = ("persyn", "oracle", "strong", "family-strong", "mix", "car", "
 class RouterEvalConfig(Strict):
     """`persyn router-eval`: router quality on held-out prompts where every teacher's response exists."""
 
-    held_out: int = Field(default=50, gt=0)  # prompts outside the probe, every teacher generated on each
-    backbones: list[str] = Field(default_factory=list)  # empty: router.backbone; "student" = the student LM
-    probe_sizes: list[int] = Field(default_factory=list)  # empty: the run's probe size
-    seed: int = 0
+    held_out: int = Field(default=50, gt=0, description=(
+        "Prompts outside the probe on which every teacher generates, to judge the router."))
+    backbones: list[str] = Field(default_factory=list, description=(
+        "Backbones to compare; empty: router.backbone; `student`: the student LM."))
+    probe_sizes: list[int] = Field(default_factory=list, description=(
+        "Probe sizes to compare; empty: the run's probe size."))
+    seed: int = Field(default=0, description="Seed of the training pool and held-out split.")
 
 
 class CompareConfig(Strict):
     """`persyn compare`: datasets from each selection strategy, one student trained and evaluated per strategy."""
 
-    strategies: list[str] = Field(default_factory=lambda: ["persyn", "strong", "mix", "random"])
-    strong_teacher: str | None = None  # None: the highest mean probe quality
-    weak_teacher: str | None = None  # mix's weak teacher; None: the lowest mean probe quality
-    mix_strong_share: float = Field(default=0.2, gt=0, lt=1)  # strong:weak = 1:4
-    car_beta: float = Field(default=1.0, ge=0)
-    seed: int = 0  # random and mix draws
-    seeds: list[int] = Field(default_factory=lambda: [0])  # training seeds
-    seeds_for: list[str] | None = None  # strategies trained with every seed (None: all); others use seeds[0]
-    train: bool = True
-    router_eval: RouterEvalConfig = Field(default_factory=RouterEvalConfig)
+    strategies: list[str] = Field(default_factory=lambda: ["persyn", "strong", "mix", "random"], description=(
+        "Selection strategies, each gives one dataset: persyn, oracle, strong, family-strong, mix, car, random."))
+    strong_teacher: str | None = Field(default=None, description=(
+        "The strong baseline's teacher; None: the highest mean probe quality."))
+    weak_teacher: str | None = Field(default=None, description=(
+        "mix's weak teacher; None: the lowest mean probe quality."))
+    mix_strong_share: float = Field(default=0.2, gt=0, lt=1, description=(
+        "mix: the strong teacher's share (0.2: strong:weak = 1:4)."))
+    car_beta: float = Field(default=1.0, ge=0, description="car: weight of the learnability term.")
+    seed: int = Field(default=0, description="Seed of the random and mix draws.")
+    seeds: list[int] = Field(default_factory=lambda: [0], description=(
+        "Training seeds; one student per strategy and seed."))
+    seeds_for: list[str] | None = Field(default=None, description=(
+        "Strategies trained with every seed (None: all); the others use seeds[0]."))
+    train: bool = Field(default=True, description=(
+        "Train and evaluate a student per dataset (false: build the datasets only)."))
+    router_eval: RouterEvalConfig = Field(default_factory=RouterEvalConfig, description=(
+        "`persyn router-eval` settings."))
 
     @field_validator("strategies", "seeds_for")
     @classmethod
@@ -207,49 +275,64 @@ class CompareConfig(Strict):
 class TrainSection(Strict):
     """Student fine-tuning settings shared by every strategy (see persyn.train.TrainConfig for GPU advice)."""
 
-    model: str | None = None  # None: the student's model
-    epochs: float = Field(default=1, gt=0)
-    max_steps: int | None = Field(default=None, gt=0)
-    learning_rate: float = Field(default=5e-5, gt=0)
-    batch_size: int = Field(default=4, gt=0)
-    grad_accum: int = Field(default=1, gt=0)
-    max_length: int = Field(default=256, gt=8)
-    lora: bool = False
-    lora_r: int = Field(default=16, gt=0)
-    lora_alpha: int = Field(default=32, gt=0)
-    bf16: bool | None = None
-    gradient_checkpointing: bool = False
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
-    chat_template: str | None = None
+    model: str | None = Field(default=None, description="The model to fine-tune; None: the student's model.")
+    epochs: float = Field(default=1, gt=0, description="Training epochs over the dataset.")
+    max_steps: int | None = Field(default=None, gt=0, description=(
+        "Stop after this many optimizer steps (None: train for `epochs`)."))
+    learning_rate: float = Field(default=5e-5, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(default=4, gt=0, description="Rows per device step.")
+    grad_accum: int = Field(default=1, gt=0, description="Gradient accumulation steps.")
+    max_length: int = Field(default=256, gt=8, description=(
+        "Prompt + response tokens; longer rows are truncated at the end."))
+    lora: bool = Field(default=False, description=(
+        "Train a LoRA adapter (merged into a plain checkpoint) instead of every weight."))
+    lora_r: int = Field(default=16, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(default=32, gt=0, description="LoRA alpha.")
+    bf16: bool | None = Field(default=None, description="bf16 mixed precision; None: when CUDA supports it, else fp32.")
+    gradient_checkpointing: bool = Field(default=False, description=(
+        "Recompute activations in the backward pass to save memory."))
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description=(
+        "Share of the total steps with a linear learning-rate warmup."))
+    chat_template: str | None = Field(default=None, description=(
+        "Jinja override (text or a .jinja file), or `few-shot`; None: the student's."))
 
 
 class BenchmarkSpec(BaseModel):
     """One benchmark: `name` (gsm8k, ifeval, lm_eval), optional `label`, and the eval function's arguments."""
 
     model_config = ConfigDict(extra="allow")
-    name: str
-    label: str | None = None
+    name: str = Field(description=(
+        "The benchmark: gsm8k, ifeval or lm_eval; further keys are the eval function's arguments."))
+    label: str | None = Field(default=None, description="The name results are reported under; None: `name`.")
 
 
 class EvalSection(Strict):
-    benchmarks: list[BenchmarkSpec] = Field(default_factory=list)
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=list, description=(
+        "Benchmarks every trained student (and the base model) is evaluated on."))
 
 
 class RunConfig(Strict):
-    run_dir: str
-    prompts: PromptsConfig
-    teachers: list[TeacherConfig]
-    student: StudentConfig | None = None
-    quality: QualityConfig = Field(default_factory=QualityConfig)
-    reward: RewardConfig = Field(default_factory=RewardConfig)
-    probe: ProbeConfig = Field(default_factory=ProbeConfig)
-    router: RouterConfig = Field(default_factory=RouterConfig)
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    executor: Literal["local", "ray"] = "local"
-    ray: dict[str, Any] = Field(default_factory=dict)
-    compare: CompareConfig = Field(default_factory=CompareConfig)
-    train: TrainSection = Field(default_factory=TrainSection)
-    eval: EvalSection = Field(default_factory=EvalSection)
+    run_dir: str = Field(description=(
+        "Where the store (persyn.sqlite), outputs and config.resolved.yaml go; a re-run resumes from it."))
+    prompts: PromptsConfig = Field(description="The prompts to route.")
+    teachers: list[TeacherConfig] = Field(description="The teacher pool (at least two).")
+    student: StudentConfig | None = Field(default=None, description=(
+        "The student whose learnability shapes the reward; needed when reward.alpha > 0."))
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="How a response's quality is scored.")
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="How quality and learnability combine.")
+    probe: ProbeConfig = Field(default_factory=ProbeConfig, description=(
+        "The probe: the prompts every teacher answers, on which the router learns."))
+    router: RouterConfig = Field(default_factory=RouterConfig, description="The router and its prompt encoder.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description=(
+        "Run-wide generation defaults (teachers may override)."))
+    executor: Literal["local", "ray"] = Field(default="local", description=(
+        "Where generation and scoring run: this process (`local`) or a Ray cluster (`ray`)."))
+    ray: dict[str, Any] = Field(default_factory=dict, description="Ray executor settings (see docs/ray.md).")
+    compare: CompareConfig = Field(default_factory=CompareConfig, description="`persyn compare` settings.")
+    train: TrainSection = Field(default_factory=TrainSection, description=(
+        "Student fine-tuning settings shared by every strategy."))
+    eval: EvalSection = Field(default_factory=EvalSection, description=(
+        "Benchmarks for `persyn compare` and `persyn eval`."))
 
     @field_validator("teachers")
     @classmethod

@@ -25,13 +25,13 @@ def _nan_to_none(x: float) -> float | None:
 
 
 def export_run(run: Run) -> dict[str, Any]:
-    from persyn.pipeline import gen_key, probe_rewards
+    from persyn.pipeline import probe_rewards
 
     cfg, store = run.cfg, run.store
     teachers = {t.name: t for t in cfg.teachers}
     prompts = store.prompts()
     routing = store.routing()
-    keys = {p.id: gen_key(cfg, teachers[routing[p.id][0]], p) for p in prompts if p.id in routing}
+    keys = {p.id: run.keys.generation(teachers[routing[p.id][0]], p) for p in prompts if p.id in routing}
     gens = store.generations(keys.values())
 
     dataset, routing_rows, missing = [], [], []
@@ -73,10 +73,8 @@ def export_run(run: Run) -> dict[str, Any]:
 
 def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], missing: list[str],
                   routed_generations: int) -> dict[str, Any]:
-    from persyn.pipeline import gen_key, student_scorer_id
-
     cfg, store = run.cfg, run.store
-    all_keys = {t.name: [gen_key(cfg, t, p) for p in prompts] for t in cfg.teachers}
+    all_keys = {t.name: [run.keys.generation(t, p) for p in prompts] for t in cfg.teachers}
     per_teacher: dict[str, dict[str, Any]] = {}
     total_tokens = 0
     for t in cfg.teachers:
@@ -87,7 +85,7 @@ def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], mis
         cost = sum(g.cost for g in gens) or (tokens + prompt_tokens) / 1000 * t.cost_per_1k_tokens
         per_teacher[t.name] = {"generations": len(gens), "completion_tokens": tokens, "cost": round(cost, 6)}
     shares = Counter(row["teacher"] for row in dataset)
-    truncated = store.truncated_total("learnability", student_scorer_id(cfg)) if cfg.student else 0
+    truncated = store.truncated_total("learnability", run.keys.learnability_scorer) if cfg.student else 0
     n, k, T = len(prompts), len(probe), len(cfg.teachers)
     return {
         "prompts": n,

@@ -120,15 +120,43 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+_HASH_MEMO: dict[tuple[str, int, int, int, int], str] = {}
+_SMALL_FILE = 1 << 20  # hashed on every call; larger files (weights) go through the on-disk digest cache
 
 
 def _sha256_memo(path: Path) -> str:
+    """sha256 of a file, computed once per (path, size, mtime, inode, ctime): in this process and, for files over
+    1 MiB, across processes in CACHE/digests.sqlite, so a run does not re-read gigabytes of unchanged weights.
+    Weights rewritten in place change the ctime (which no tool can set back), so they are hashed again."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     if key not in _HASH_MEMO:
-        _HASH_MEMO[key] = sha256_file(path)
+        _HASH_MEMO[key] = sha256_file(path) if st.st_size <= _SMALL_FILE else _cached_digest(path, key)
     return _HASH_MEMO[key]
+
+
+def _cached_digest(path: Path, key: tuple[str, int, int, int, int]) -> str:
+    import sqlite3
+
+    stat_key = json.dumps(key[1:])
+    try:
+        cache_root().mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(cache_root() / "digests.sqlite", timeout=30, isolation_level=None)
+    except (OSError, sqlite3.Error):  # a read-only cache: hash without remembering
+        return sha256_file(path)
+    try:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, stat TEXT NOT NULL, "
+                       "sha256 TEXT NOT NULL)")
+            row = db.execute("SELECT stat, sha256 FROM digests WHERE path=?", (key[0],)).fetchone()
+            if row and row[0] == stat_key:
+                return row[1]
+        digest = sha256_file(path)
+        with contextlib.suppress(sqlite3.Error):  # not remembered: hashed again next time, never wrong
+            db.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?)", (key[0], stat_key, digest))
+        return digest
+    finally:
+        db.close()
 
 
 @contextlib.contextmanager
@@ -395,6 +423,19 @@ def model_identity(spec: str) -> str:
 
 _LOADED: dict[tuple[str, str, str, bool], tuple[Any, Any]] = {}
 _TOKENIZERS: dict[tuple[str, bool], Any] = {}
+_IDENTITY: dict[str, str] = {}  # location -> model_identity when its cached model and tokenizer were loaded
+
+
+def _drop_if_rewritten(spec: str, location: str) -> None:
+    """Forget a cached model and tokenizer whose files changed since they were loaded (new weights at the same
+    path), so a long-lived process never generates or scores with the old ones under the new identity."""
+    identity = model_identity(spec)
+    if _IDENTITY.get(location, identity) != identity:
+        for key in [k for k in _LOADED if k[0] == location]:
+            del _LOADED[key]
+        for key in [k for k in _TOKENIZERS if k[0] == location]:
+            del _TOKENIZERS[key]
+    _IDENTITY[location] = identity
 
 
 def default_device() -> str:
@@ -431,6 +472,7 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     location = resolve(spec, trust_remote_code=trust_remote_code)
+    _drop_if_rewritten(spec, location)
     key = (location, trust_remote_code)
     if key not in _TOKENIZERS:
         try:
@@ -453,6 +495,7 @@ def load_causal_lm(spec: str, *, dtype: str | None = None, device: str | None = 
     device = device or default_device()
     torch_dtype = _torch_dtype(dtype, device)
     location = resolve(spec, trust_remote_code=trust_remote_code)
+    _drop_if_rewritten(spec, location)
     key = (location, str(torch_dtype), device, trust_remote_code)
     if key not in _LOADED:
         tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
@@ -478,6 +521,7 @@ def unload_all() -> None:
     """Drop every cached model and tokenizer (and free the GPU memory they held)."""
     _LOADED.clear()
     _TOKENIZERS.clear()
+    _IDENTITY.clear()
     import gc
 
     gc.collect()

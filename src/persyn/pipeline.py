@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 import uuid
@@ -13,11 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from persyn.backends.base import GenParams, GenRequest, GenResult, generation_key
+from persyn.backends.base import GenRequest, GenResult
 from persyn.config import RunConfig, TeacherConfig
 from persyn.errors import ConfigError
 from persyn.executors import Executor, make_executor
+from persyn.keys import Keys, describe_changes, describe_prompt_changes
 from persyn.progress import progress
 from persyn.prompts import Prompt, load_prompts
 from persyn.store import Route, RunLock, Store
@@ -41,6 +41,13 @@ class Run:
     failed: int = 0
     truncated: int = 0  # responses cut to fit the student's context while scoring
     summary: dict = field(default_factory=dict)
+    resumed: bool = False  # the store held prompts from an earlier run
+    prompt_changes: list[str] = field(default_factory=list)  # prompts edited, added or removed since the last run
+    changes: str = ""  # the line saying what changed since the last run and what will be redone
+    keys: Keys = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = Keys(self.cfg)
 
     @property
     def run_dir(self) -> Path:
@@ -50,38 +57,18 @@ class Run:
         return [t.name for t in self.cfg.teachers]
 
 
-# Keys -------------------------------------------------------------------------------------------------------
-
-def teacher_params(cfg: RunConfig, t: TeacherConfig) -> GenParams:
-    g = cfg.generation
-    return GenParams(
-        max_new_tokens=t.max_new_tokens or g.max_new_tokens,
-        temperature=g.temperature if t.temperature is None else t.temperature,
-        top_p=t.top_p or g.top_p,
-        seed=g.seed,
-    )
-
-
-def teacher_fingerprint(t: TeacherConfig) -> str:
-    """What makes this teacher's outputs what they are; the teacher's display name and secrets are not part."""
-    parts = {"backend": t.backend, "model": t.model, "chat_template": t.chat_template, "few_shot": t.few_shot}
-    return json.dumps(parts, sort_keys=True)
-
+# Keys: every one comes from persyn.keys; these wrappers build a fresh Keys per call (a Run keeps one). ----------
 
 def gen_key(cfg: RunConfig, t: TeacherConfig, prompt: Prompt) -> str:
-    return generation_key(prompt.text, teacher_fingerprint(t), teacher_params(cfg, t))
+    return Keys(cfg).generation(t, prompt)
 
 
 def quality_scorer_id(cfg: RunConfig) -> str:
-    q = cfg.quality
-    return f"{q.kind}:{q.model or ''}:{q.field if q.kind == 'field' else ''}"
+    return Keys(cfg).quality_scorer
 
 
 def student_scorer_id(cfg: RunConfig) -> str:
-    s = cfg.student
-    assert s is not None
-    return json.dumps({"model": s.model, "chat_template": s.chat_template, "few_shot": s.few_shot,
-                       "max_length": s.max_length}, sort_keys=True)
+    return Keys(cfg).learnability_scorer
 
 
 # Stages -----------------------------------------------------------------------------------------------------
@@ -90,22 +77,29 @@ def load_stage(run: Run) -> list[Prompt]:
     cfg = run.cfg
     need_ref = cfg.quality.kind == "math_answer" and cfg.reward.alpha < 1
     prompts = load_prompts(cfg.prompts, require_reference=need_ref)
-    run.store.set_prompts(prompts)
     k = cfg.probe.resolve(len(prompts))
     if k > len(prompts):
         raise ConfigError(f"probe size {k} is larger than the prompt set ({len(prompts)} prompts)", key="probe.size")
+    old = {p.id: p.text for p in run.store.prompts()}
+    run.store.set_prompts(prompts)
     if cfg.probe.strategy == "adaptive":
         k = max(k, run.store.get_meta("adaptive_probe_size", k))
     run.store.set_probe(sorted(_probe_ids(run, prompts, k)))
+    run.store.set_meta("probe_seed", cfg.probe.seed)
+    run.resumed = bool(old)
+    if old:
+        run.prompt_changes = describe_prompt_changes(old, {p.id: p.text for p in prompts})
     return prompts
 
 
 def _probe_ids(run: Run, prompts: list[Prompt], size: int) -> list[str]:
-    from persyn.probe import probe_order
+    from persyn.probe import choose_probe
 
     p = run.cfg.probe
-    return probe_order([q.id for q in prompts], [q.text for q in prompts], p.strategy, p.seed, size,
-                       embed=lambda texts: _embedder(run).embed(texts))
+    same_seed = run.store.get_meta("probe_seed", p.seed) == p.seed
+    return choose_probe([q.id for q in prompts], [q.text for q in prompts], p.strategy, p.seed, size,
+                        keep=run.store.probe_ids() if same_seed else (),
+                        embed=lambda texts: _embedder(run).embed(texts))
 
 
 def probe_prompts(run: Run) -> list[Prompt]:
@@ -117,8 +111,8 @@ def pending_requests(run: Run, pairs: list[tuple[Prompt, TeacherConfig]]) -> dic
     """Per teacher, the requests for (prompt, teacher) pairs the store lacks (failed ones included), deduplicated."""
     by_teacher: dict[str, dict[str, GenRequest]] = defaultdict(dict)
     for prompt, t in pairs:
-        key = gen_key(run.cfg, t, prompt)
-        by_teacher[t.name].setdefault(key, GenRequest(key, prompt.id, prompt.text, teacher_params(run.cfg, t)))
+        key = run.keys.generation(t, prompt)
+        by_teacher[t.name].setdefault(key, GenRequest(key, prompt.id, prompt.text, run.keys.params(t)))
     todo: dict[str, list[GenRequest]] = {}
     for name, reqs in by_teacher.items():
         done = run.store.done_keys(reqs)
@@ -129,7 +123,7 @@ def pending_requests(run: Run, pairs: list[tuple[Prompt, TeacherConfig]]) -> dic
 
 def store_result(run: Run, teacher: TeacherConfig, req: GenRequest, result: GenResult) -> None:
     run.store.add_generation(result, prompt_id=req.prompt_id, teacher=teacher.name,
-                             fingerprint=teacher_fingerprint(teacher), params=req.params.as_dict(),
+                             fingerprint=run.keys.teacher(teacher), params=req.params.as_dict(),
                              invocation=run.invocation)
     if result.error is None:
         run.generated += 1
@@ -202,7 +196,7 @@ def router_gain(report) -> float:
 
 def prompt_generations(run: Run, prompts: list[Prompt]) -> tuple[list[list[str]], dict]:
     """Generation keys [P][T] of every teacher on these prompts, and the stored rows among them."""
-    keys = [[gen_key(run.cfg, t, p) for t in run.cfg.teachers] for p in prompts]
+    keys = [[run.keys.generation(t, p) for t in run.cfg.teachers] for p in prompts]
     return keys, run.store.generations(k for row in keys for k in row)
 
 
@@ -223,7 +217,7 @@ def score_prompts(run: Run, prompts: list[Prompt], label: str,
 
 
 def _score_quality(run: Run, keys: list[str], gens: dict, prompt_of: dict[str, Prompt], label: str) -> None:
-    scorer_id = quality_scorer_id(run.cfg)
+    scorer_id = run.keys.quality_scorer
     have = run.store.scores("quality", scorer_id, keys)
     pre = {k: gens[k].pre_quality for k in keys if k not in have and gens[k].pre_quality is not None}
     if pre:
@@ -250,7 +244,7 @@ def _score_quality(run: Run, keys: list[str], gens: dict, prompt_of: dict[str, P
 
 
 def _score_learnability(run: Run, keys: list[str], gens: dict, prompt_of: dict[str, Prompt], label: str) -> None:
-    scorer_id = student_scorer_id(run.cfg)
+    scorer_id = run.keys.learnability_scorer
     have = run.store.scores("learnability", scorer_id, keys)
     pre = {k: gens[k].pre_learnability for k in keys if k not in have and gens[k].pre_learnability is not None}
     if pre:
@@ -286,10 +280,10 @@ def rewards_for(run: Run, prompts: list[Prompt]) -> tuple[np.ndarray, np.ndarray
     nan = np.full((P, T), np.nan)
     quality, learn = nan.copy(), nan.copy()
     if cfg.reward.alpha < 1:
-        q = run.store.scores("quality", quality_scorer_id(cfg), flat)
+        q = run.store.scores("quality", run.keys.quality_scorer, flat)
         quality = np.array([[_num(q.get(k)) for k in row] for row in keys]).reshape(P, T)
     if cfg.reward.alpha > 0:
-        s = run.store.scores("learnability", student_scorer_id(cfg), flat)
+        s = run.store.scores("learnability", run.keys.learnability_scorer, flat)
         learn = np.array([[_num(s.get(k)) for k in row] for row in keys]).reshape(P, T)
     present = np.array([[k in gens and gens[k].error is None for k in row] for row in keys]).reshape(P, T)
     empty = np.array([[k in gens and gens[k].error is None and not (gens[k].text or "").strip() for k in row]
@@ -325,11 +319,7 @@ def _router_dir(run: Run) -> Path:
 
 def train_router_stage(run: Run) -> None:
     probe, _, _, rewards = probe_rewards(run)
-    r = run.cfg.router
-    fp = hashlib.sha256(
-        np.ascontiguousarray(rewards).tobytes() + r.model_dump_json().encode()
-        + json.dumps([p.id for p in probe] + run.teacher_names()).encode()
-    ).hexdigest()[:16]
+    fp = run.keys.router(probe, np.ascontiguousarray(rewards).tobytes())
     if run.store.get_meta("router_fp") == fp and (_router_dir(run) / "router.json").exists():
         return
     router, report = _fit_router(run, probe, rewards)
@@ -369,7 +359,8 @@ def route_stage(run: Run) -> None:
     plan = {"budget": g.budget, "accept_quality": g.accept_quality}
     prompts = run.store.prompts()
     routing = run.store.routing()
-    if (routing and set(routing) == {p.id for p in prompts} and all(v.router == fp for v in routing.values())
+    route_keys = {p.id: run.keys.route(fp, p) for p in prompts}
+    if (set(routing) == set(route_keys) and all(routing[i].router == k for i, k in route_keys.items())
             and run.store.get_meta("route_plan") == plan):
         return
     probe, _, _, rewards = probe_rewards(run)
@@ -387,10 +378,10 @@ def route_stage(run: Run) -> None:
         scores = {n: float(s) for n, s in zip(names, S[i], strict=True)}
         if i in chosen:
             cands = [names[j] for j in chosen[i]]
-            rows.append((p.id, Route(cands[0], scores, p.id in best_probe, fp, cands)))
+            rows.append((p.id, Route(cands[0], scores, p.id in best_probe, route_keys[p.id], cands)))
         else:
             best, answered = best_probe[p.id]
-            rows.append((p.id, Route(names[best], scores, True, fp, [names[j] for j in answered])))
+            rows.append((p.id, Route(names[best], scores, True, route_keys[p.id], [names[j] for j in answered])))
     run.store.set_routing(rows)
     run.store.set_meta("route_plan", plan)
 
@@ -531,6 +522,29 @@ def _check_model(spec: str, key: str) -> None:
                           "unpickles a checkpoint such as pytorch_model.bin", key=key)
 
 
+def announce_changes(run: Run, prompts: list[Prompt]) -> None:
+    """Print one line: what changed since the last run and what will be redone; record this run's identity and
+    write the resolved config to run_dir/config.resolved.yaml."""
+    from persyn.progress import console
+    from persyn.status import pending_work, redo_phrase
+
+    snapshot = run.keys.snapshot()
+    previous = run.store.get_meta("identity")
+    work = redo_phrase(pending_work(run.cfg, run.store, run.keys, prompts, run.store.probe_ids()))
+    if previous is None:  # a new run_dir, or one from a persyn that did not record its inputs
+        run.changes = f"{'no record of the last run' if run.resumed else 'first run'} -> to do: {work}"
+    elif changes := describe_changes(previous, snapshot) + run.prompt_changes:
+        run.changes = f"changed since last run: {', '.join(changes)} -> redo: {work}"
+    else:
+        run.changes = f"nothing changed since last run -> to do: {work}"
+    console.print(run.changes, highlight=False, markup=False, soft_wrap=True)
+    run.store.set_meta("identity", snapshot)
+    resolved = yaml.safe_dump(run.cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    tmp = run.run_dir / "config.resolved.yaml.tmp"
+    tmp.write_text(resolved, encoding="utf-8")
+    tmp.replace(run.run_dir / "config.resolved.yaml")
+
+
 def open_run(cfg: RunConfig) -> Run:
     return Run(cfg, Store.open(cfg.run_dir), make_executor(cfg))
 
@@ -543,8 +557,9 @@ def run_stages(cfg: RunConfig, stages: tuple[str, ...] | list[str] = STAGES) -> 
         try:
             preflight(run)
             t0 = time.perf_counter()
-            load_stage(run)
+            prompts = load_stage(run)
             run.stage_seconds["prompts"] = time.perf_counter() - t0
+            announce_changes(run, prompts)
             for stage in stages:
                 t0 = time.perf_counter()
                 STAGE_FUNCS[stage](run)

@@ -1,20 +1,19 @@
-"""Which prompts the probe takes: a seeded random draw, a spread over the embedding space, or adaptive growth.
+"""Which prompts the probe takes: a seeded draw, a spread over the embedding space, or adaptive growth.
 
-Every strategy is an *order* over the prompts; a probe of size m is its first m prompts. So growing a probe
-(adaptive) only appends, and the random order ranks prompts by a hash of (seed, id): appending prompts to the
-file never changes which of the old ones are in the probe.
+`random` and `adaptive` use keys.draw_probe: prompts ranked by a hash of (seed, id), the last run's probe kept
+first, so appending prompts leaves the probe as it was and growing it (adaptive rounds) only adds prompts.
+`diverse` is a greedy k-center over the router's prompt embeddings, started at the first prompt of that draw: it
+covers the topics of the prompt set instead of sampling them in proportion, which helps a small probe see the
+kinds of prompt where teachers differ. Its probe depends on the whole prompt set by design.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
-
-def random_order(ids: list[str], seed: int) -> list[str]:
-    return sorted(ids, key=lambda i: hashlib.sha256(f"probe:{seed}:{i}".encode()).hexdigest())
+from persyn.keys import draw_probe
 
 
 def kcenter_order(X: np.ndarray, m: int, first: int) -> list[int]:
@@ -32,12 +31,10 @@ def kcenter_order(X: np.ndarray, m: int, first: int) -> list[int]:
     return order
 
 
-def probe_order(ids: list[str], texts: list[str], strategy: str, seed: int, m: int,
-                embed: Callable[[list[str]], np.ndarray]) -> list[str]:
-    """The first m prompt ids of the strategy's order (adaptive grows along the random order)."""
-    ranked = random_order(ids, seed)
+def choose_probe(ids: list[str], texts: list[str], strategy: str, seed: int, size: int, *,
+                 keep: Iterable[str] = (), embed: Callable[[list[str]], np.ndarray]) -> list[str]:
+    """`size` prompt ids for the probe, in the strategy's order."""
     if strategy != "diverse":
-        return ranked[:m]
-    index = {pid: i for i, pid in enumerate(ids)}
-    chosen = kcenter_order(embed(texts), m, first=index[ranked[0]])
-    return [ids[i] for i in chosen]
+        return draw_probe(ids, size, seed, keep=keep)
+    first = ids.index(draw_probe(ids, 1, seed)[0])
+    return [ids[i] for i in kcenter_order(embed(texts), size, first=first)]

@@ -2,50 +2,93 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from persyn.config import RunConfig
-from persyn.probe import random_order
-from persyn.prompts import load_prompts
+from persyn.keys import Keys, current_probe
+from persyn.prompts import Prompt, load_prompts
 from persyn.store import Store
 
 
-def run_status(cfg: RunConfig) -> list[dict[str, Any]]:
-    from persyn.pipeline import gen_key, quality_scorer_id, student_scorer_id
+@dataclass
+class Pending:
+    """Done and pending work per stage, with the pending generations per teacher."""
 
-    prompts = load_prompts(cfg.prompts)
-    k = min(cfg.probe.resolve(len(prompts)), len(prompts))
-    probe_ids = set(random_order([p.id for p in prompts], cfg.probe.seed)[:k])
+    probe: tuple[int, int] = (0, 0)
+    quality: tuple[int, int] | None = None
+    learnability: tuple[int, int] | None = None
+    routed: tuple[int, int] = (0, 0)  # prompts routed by the current router, and not
+    generate: tuple[int, int] = (0, 0)
+    probe_by_teacher: Counter = field(default_factory=Counter)
+    routed_by_teacher: Counter = field(default_factory=Counter)
+    unrouted: int = 0  # prompts outside the probe with no routing yet: each needs one generation
+
+
+def pending_work(cfg: RunConfig, store: Store, keys: Keys, prompts: list[Prompt], probe_ids: set[str]) -> Pending:
+    """Everything this config still needs that the store lacks; keys come from `keys`, never rebuilt here."""
     probe = [p for p in prompts if p.id in probe_ids]
+    pairs = [(keys.generation(t, p), t.name) for p in probe for t in cfg.teachers]
+    probe_keys = {k for k, _ in pairs}
+    done = store.done_keys(probe_keys)
+    out = Pending(probe=(len(done), len(probe_keys - done)))
+    out.probe_by_teacher.update(name for k, name in dict(pairs).items() if k not in done)
+    if cfg.reward.alpha < 1:
+        q = store.scores("quality", keys.quality_scorer, sorted(done))
+        out.quality = (len(q), len(probe_keys - set(q)))
+    if cfg.reward.alpha > 0:
+        s = store.scores("learnability", keys.learnability_scorer, sorted(done))
+        out.learnability = (len(s), len(probe_keys - set(s)))
+    routing = store.routing()
+    fp = store.get_meta("router_fp")
+    routed = sum(1 for p in prompts if p.id in routing and routing[p.id].router == keys.route(fp, p))
+    out.routed = (routed, len(prompts) - routed)
+    teachers = {t.name: t for t in cfg.teachers}
+    needed = {keys.generation(teachers[name], p): name for p in prompts if p.id in routing
+              and not routing[p.id].probe for name in routing[p.id].candidates if name in teachers}
+    gdone = store.done_keys(needed)
+    out.routed_by_teacher.update(name for k, name in needed.items() if k not in gdone)
+    out.unrouted = sum(1 for p in prompts if p.id not in probe_ids and p.id not in routing)
+    out.generate = (len(gdone), len(set(needed) - gdone) + out.unrouted)
+    return out
+
+
+def redo_phrase(p: Pending) -> str:
+    """'4 generations of b, quality of 4 responses, ...': the work a run will do, or 'nothing'."""
+    parts = [f"{n} generation{'s' * (n != 1)} of {name}" for name, n in sorted(p.probe_by_teacher.items())]
+    parts += [f"{n} routed generation{'s' * (n != 1)} of {name}" for name, n in sorted(p.routed_by_teacher.items())]
+    for label, counts in (("quality", p.quality), ("learnability", p.learnability)):
+        if counts and counts[1]:
+            parts.append(f"{label} of {counts[1]} response{'s' * (counts[1] != 1)}")
+    if p.unrouted:
+        parts.append(f"routing and generation for {p.unrouted} new prompt{'s' * (p.unrouted != 1)}")
+    elif p.routed[1]:
+        parts.append(f"routing of {p.routed[1]} prompt{'s' * (p.routed[1] != 1)}")
+    return ", ".join(parts) or "nothing"
+
+
+def run_status(cfg: RunConfig) -> list[dict[str, Any]]:
+    prompts = load_prompts(cfg.prompts)
+    keys = Keys(cfg)
     if not (cfg.path / "persyn.sqlite").exists():
-        n = len(probe) * len(cfg.teachers)
-        return [{"stage": "probe", "done": 0, "pending": n, "note": "run not started"}]
+        k = min(cfg.probe.resolve(len(prompts)), len(prompts))
+        return [{"stage": "probe", "done": 0, "pending": k * len(cfg.teachers), "note": "run not started"}]
     store = Store.open(cfg.path)
     try:
-        keys = [gen_key(cfg, t, p) for p in probe for t in cfg.teachers]
-        done = store.done_keys(keys)
-        rows = [{"stage": "probe", "done": len(done), "pending": len(set(keys) - done),
-                 "note": f"{len(probe)} prompts x {len(cfg.teachers)} teachers"}]
-        done_list = sorted(done)
-        if cfg.reward.alpha < 1:
-            q = store.scores("quality", quality_scorer_id(cfg), done_list)
-            rows.append({"stage": "score: quality", "done": len(q), "pending": len(set(keys) - set(q))})
-        if cfg.reward.alpha > 0:
-            s = store.scores("learnability", student_scorer_id(cfg), done_list)
-            rows.append({"stage": "score: learnability", "done": len(s), "pending": len(set(keys) - set(s))})
+        probe_ids = (set(current_probe(store, cfg, [p.id for p in prompts])) if cfg.probe.strategy == "random"
+                     else store.probe_ids())  # diverse and adaptive probes are what the last run chose
+        w = pending_work(cfg, store, keys, prompts, probe_ids)
+        rows = [{"stage": "probe", "done": w.probe[0], "pending": w.probe[1],
+                 "note": f"{len(probe_ids)} prompts x {len(cfg.teachers)} teachers"}]
+        if w.quality is not None:
+            rows.append({"stage": "score: quality", "done": w.quality[0], "pending": w.quality[1]})
+        if w.learnability is not None:
+            rows.append({"stage": "score: learnability", "done": w.learnability[0], "pending": w.learnability[1]})
         trained = (cfg.path / "router" / "router.json").exists()
         rows.append({"stage": "train-router", "done": int(trained), "pending": int(not trained)})
-        routing = store.routing()
-        current = store.get_meta("router_fp")
-        routed = sum(1 for p in prompts if p.id in routing and routing[p.id][3] == current)
-        rows.append({"stage": "route", "done": routed, "pending": len(prompts) - routed})
-        teachers = {t.name: t for t in cfg.teachers}
-        routed_keys = [gen_key(cfg, teachers[name], p) for p in prompts if p.id in routing and not routing[p.id].probe
-                       for name in routing[p.id].candidates if name in teachers]
-        gdone = store.done_keys(routed_keys)
-        pending_unrouted = sum(1 for p in prompts if p.id not in probe_ids and p.id not in routing)
-        rows.append({"stage": "generate", "done": len(gdone),
-                     "pending": len(set(routed_keys) - gdone) + pending_unrouted})
+        rows.append({"stage": "route", "done": w.routed[0], "pending": w.routed[1]})
+        rows.append({"stage": "generate", "done": w.generate[0], "pending": w.generate[1]})
         failed = store.failed()
         exported = (cfg.path / "summary.json").exists()
         rows.append({"stage": "export", "done": int(exported), "pending": int(not exported),

@@ -19,7 +19,7 @@ import numpy as np
 
 from persyn.config import CompareConfig
 from persyn.errors import ConfigError, PersynError
-from persyn.pipeline import Run, gen_key, generate_pairs, probe_rewards, rewards_for, score_prompts
+from persyn.pipeline import Run, generate_pairs, probe_rewards, rewards_for, score_prompts
 from persyn.prompts import Prompt
 
 
@@ -257,11 +257,11 @@ def build_dataset(ctx: SelectionContext, selection: Selection, out_dir: Path) ->
     teachers = {t.name: t for t in cfg.teachers}
     chosen = [(p, teachers[n]) for p, n in zip(ctx.prompts, selection.teachers, strict=True) if n is not None]
     generate_pairs(run, chosen, selection.strategy)
-    gens = run.store.generations(gen_key(cfg, t, p) for p, t in chosen)
+    gens = run.store.generations(run.keys.generation(t, p) for p, t in chosen)
     probe_ids = run.store.probe_ids()
     rows, missing = [], [p.id for p, n in zip(ctx.prompts, selection.teachers, strict=True) if n is None]
     for p, t in chosen:
-        g = gens.get(gen_key(cfg, t, p))
+        g = gens.get(run.keys.generation(t, p))
         if g is None or g.error is not None:
             missing.append(p.id)
             continue
@@ -292,12 +292,13 @@ def selection_cost(ctx: SelectionContext, selection: Selection, *, uses_probe: b
     """Generations (and their tokens and cost) the strategy needs on its own, counted from the store."""
     cfg = ctx.run.cfg
     teachers = {t.name: t for t in cfg.teachers}
-    keys = {gen_key(cfg, teachers[n], p) for p, n in zip(ctx.prompts, selection.teachers, strict=True) if n}
+    gen_key = ctx.run.keys.generation
+    keys = {gen_key(teachers[n], p) for p, n in zip(ctx.prompts, selection.teachers, strict=True) if n}
     if uses_probe:
         probe_ids = ctx.run.store.probe_ids()
-        keys |= {gen_key(cfg, t, p) for p in ctx.prompts if p.id in probe_ids for t in cfg.teachers}
+        keys |= {gen_key(t, p) for p in ctx.prompts if p.id in probe_ids for t in cfg.teachers}
     if needs_all:
-        keys |= {gen_key(cfg, t, p) for p in ctx.prompts for t in cfg.teachers}
+        keys |= {gen_key(t, p) for p in ctx.prompts for t in cfg.teachers}
     gens = [g for g in ctx.run.store.generations(keys).values() if g.error is None]
     price = {n: t.cost_per_1k_tokens for n, t in teachers.items()}
     cost = sum(g.cost or (g.prompt_tokens + g.completion_tokens) / 1000 * price.get(g.teacher, 0.0) for g in gens)

@@ -182,7 +182,7 @@ def build_trainer(cfg: TrainConfig, dataset_path: Path) -> Any:
         bf16=_use_bf16(cfg),
         use_cpu=not cuda,
         logging_steps=cfg.logging_steps,
-        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        **_warmup(SFTConfig, cfg.warmup_ratio),
         completion_only_loss=True,
         packing=False,
         dataloader_num_workers=0,
@@ -208,6 +208,14 @@ def build_trainer(cfg: TrainConfig, dataset_path: Path) -> Any:
         log.warning("%d of %d rows have no response tokens within max_length=%d and are skipped",
                     dropped, len(rows), cfg.max_length)
     return trainer
+
+
+def _warmup(config_cls: type, ratio: float) -> dict[str, float]:
+    """The warmup as a ratio of the total steps: transformers 4 has `warmup_ratio` (its `warmup_steps` is a count,
+    and a float below 1 there means no warmup); transformers 5 removed it and reads a float below 1 in
+    `warmup_steps` as the ratio."""
+    names = {f.name for f in fields(config_cls)}
+    return {"warmup_ratio": ratio} if "warmup_ratio" in names else {"warmup_steps": ratio}
 
 
 def _checkpointing_field(config_cls: type) -> str:

@@ -209,7 +209,8 @@ class OpenAIBackend:
         if unknown:
             raise ConfigError(f"unknown keys {sorted(unknown)}; known: {sorted(EXTRA_KEYS)}",
                               key=f"{prefix}.extra")
-        read_api_key(teacher.api_key_env, key=f"{prefix}.api_key_env")  # fail early; re-read when sending
+        if not _context.get("identity_only"):  # keys.py builds backends only for their fingerprint
+            read_api_key(teacher.api_key_env, key=f"{prefix}.api_key_env")  # fail early; re-read when sending
         self.base_url = teacher.base_url.rstrip("/")
         self.few_shot = uses_completions(teacher)
         self.policy = RetryPolicy(teacher.max_retries, float(teacher.extra.get("backoff_base_s", 1.0)),
@@ -217,8 +218,9 @@ class OpenAIBackend:
         self.counters = Counters()
 
     def fingerprint(self) -> str:
-        # The server address is left out on purpose: moving a model to another host keeps its cached outputs.
-        return json.dumps({"backend": "openai", "model": self.teacher.model, "few_shot": self.few_shot,
+        # The server address is part of it: another server may serve other weights under the same model name.
+        return json.dumps({"backend": "openai", "base_url": self.base_url, "model": self.teacher.model,
+                           "few_shot": self.few_shot,
                            "chat_template": self.teacher.chat_template,
                            "body": self.teacher.extra.get("body", {})}, sort_keys=True)
 

@@ -6,6 +6,7 @@ Rows may carry per-response `quality` and `learnability` fields, which then repl
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,10 @@ class RecordedBackend:
         self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
 
     def fingerprint(self) -> str:
-        return f"recorded:{self.path.name}:{self._digest}"
+        t = self.teacher
+        return json.dumps({"backend": "recorded", "file": self.path.name, "digest": self._digest,
+                           "fields": [t.prompt_field, t.response_field, t.quality_field, t.learnability_field]},
+                          sort_keys=True)
 
     def _load(self) -> dict[str, tuple[str, float | None, float | None]]:
         if self._rows is None:
