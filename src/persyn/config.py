@@ -198,7 +198,7 @@ class RouterConfig(Strict):
         "Probe share held out to pick the epoch and check the head against every single teacher (0: no check)."))
     patience: int = Field(default=20, gt=0, description="Epochs without validation improvement before training stops.")
     folds: int = Field(default=5, ge=2, description="ridge: folds of the cross-validation over the probe.")
-    lambdas: list[float] = Field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0, 30.0, 100.0], description=(
+    lambdas: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0], description=(
         "ridge: strengths tried by cross-validation (per feature of the standardised embedding)."))
     min_gain_z: float | None = Field(default=None, ge=0, description=(
         "The trained router is kept only if its held-out gain over the best single teacher exceeds this many "

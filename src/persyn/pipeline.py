@@ -488,7 +488,12 @@ def preflight(run: Run) -> None:
     from persyn.backends.base import backend_kinds
     from persyn.executors.local import LocalExecutor
 
+    from persyn.router import router_kinds
+
     cfg = run.cfg
+    if cfg.router.kind not in router_kinds():
+        raise ConfigError(f"unknown router kind {cfg.router.kind!r}; known: {', '.join(router_kinds())}",
+                          key="router.kind")
     kinds = backend_kinds()
     for t in cfg.teachers:
         if t.backend not in kinds:

@@ -27,7 +27,7 @@ from persyn.router.base import register_router
 
 WEIGHTS_FILE = "router.safetensors"
 META_FILE = "router.json"
-DEFAULT_LAMBDAS = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+DEFAULT_LAMBDAS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 @dataclass
