@@ -144,7 +144,8 @@ def math_pool(tmp_path, n=40):
         rows.append({"instruction": f"What is {a} plus {b}?", "reference": str(a + b)})
         for name, right in (("strong", i % 4 != 0), ("mid", i % 2 == 0), ("weak", i % 5 == 0)):
             value = a + b if right else a + b + 1
-            answers[name].append({"instruction": rows[-1]["instruction"], "output": f"{a} + {b} = {value}. #### {value}"})
+            answers[name].append({"instruction": rows[-1]["instruction"],
+                                  "output": f"{a} + {b} = {value}. #### {value}"})
     (tmp_path / "math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for name, out in answers.items():
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out))

@@ -487,7 +487,6 @@ def preflight(run: Run) -> None:
     up (a missing responses file or API key) and missing local models."""
     from persyn.backends.base import backend_kinds
     from persyn.executors.local import LocalExecutor
-
     from persyn.router import router_kinds
 
     cfg = run.cfg
