@@ -26,12 +26,26 @@ def router_eval_cmd(
     probe_size: Annotated[list[int] | None, typer.Option(help="Probe size to train on (repeatable).")] = None,
     held_out: Annotated[int | None, typer.Option(help="Held-out prompts, every teacher generated on each.")] = None,
     out: Annotated[Path | None, typer.Option(help="JSON output (default run_dir/router_eval.json).")] = None,
+    kind: Annotated[list[str] | None, typer.Option(
+        help="Router kind on the cost-reward frontier (repeatable). Default: compare.router_eval.kinds.")] = None,
+    strategy: Annotated[list[str] | None, typer.Option(
+        help="Probe strategy on the frontier (repeatable). Default: compare.router_eval.probe_strategies.")] = None,
 ) -> None:
-    """Router Hit@1/3 and reward against oracle, best single teacher and random on held-out prompts."""
+    """Router Hit@1/3 and reward against oracle, best single teacher and random on held-out prompts, and the
+    cost-reward frontier over generation budgets (router_eval.json, frontier.json and a PNG)."""
+    from persyn.errors import ConfigError
+    from persyn.router import router_kinds
     from persyn.router_eval import router_eval
 
     cfg = _config(config)
-    result = router_eval(cfg, backbones=backbone, probe_sizes=probe_size, held_out=held_out, out_path=out)
+    for k in kind or []:
+        if k not in router_kinds():
+            raise ConfigError(f"unknown router kind {k!r}; known: {', '.join(router_kinds())}", key="--kind")
+    for st in strategy or []:
+        if st not in ("random", "diverse", "adaptive"):
+            raise ConfigError(f"unknown probe strategy {st!r}; known: random, diverse, adaptive", key="--strategy")
+    result = router_eval(cfg, backbones=backbone, probe_sizes=probe_size, held_out=held_out, out_path=out,
+                         kinds=kind, strategies=strategy)
     table = Table(title=f"router on {result['held_out']} held-out prompts (alpha {result['alpha']})")
     cols = {"backbone": "backbone", "probe_size": "probe", "hit1": "Hit@1", "hit3": "Hit@3", "router": "router",
             "oracle": "oracle", "best_single": "best single", "random": "random", "gap_captured": "gap captured",
@@ -40,6 +54,17 @@ def router_eval_cmd(
         table.add_column(title, justify="left" if c in ("backbone", "best_single_teacher") else "right")
     for row in result["results"]:
         table.add_row(*[_fmt(row.get(c)) for c in cols])
+    console.print(table)
+    f = result["frontier"]
+    table = Table(title=f"cost-reward frontier: probe {f['probe_size']}, {f['held_out']} held-out prompts, "
+                        f"{f['rows'][0]['seeds']} probe seed(s); mean (std) over seeds")
+    for title in ("method", "gens/prompt", "reward", "gap captured", "min gap", "Hit@1", "Hit@3"):
+        table.add_column(title, justify="left" if title == "method" else "right")
+    for r in sorted(f["rows"], key=lambda r: (r["method"], r["budget"])):
+        table.add_row(r["method"], f"{r['generations_per_prompt']:.2f}",
+                      f"{r['mean_reward']:.4f} ({r['mean_reward_std']:.4f})",
+                      f"{r['gap_captured']:+.3f} ({r['gap_captured_std']:.3f})", f"{r['gap_captured_min']:+.3f}",
+                      _fmt(r["hit1"]), _fmt(r["hit3"]))
     console.print(table)
     console.print(f"generations: {result['generations_this_invocation']} new, {result['generations_needed']} needed; "
                   f"written to {out or cfg.path / 'router_eval.json'}")

@@ -232,6 +232,13 @@ class RouterEvalConfig(Strict):
     probe_sizes: list[int] = Field(default_factory=list, description=(
         "Probe sizes to compare; empty: the run's probe size."))
     seed: int = Field(default=0, description="Seed of the training pool and held-out split.")
+    seeds: list[int] = Field(default_factory=list, description=(
+        "Probe seeds of the cost-reward frontier (mean and spread over them); empty: [seed]."))
+    budgets: list[float] = Field(default_factory=list, description=(
+        "Generation budgets of the frontier; empty: 1, 1.5, 2, 3, ... up to the number of teachers."))
+    kinds: list[str] = Field(default_factory=list, description="Router kinds on the frontier; empty: router.kind.")
+    probe_strategies: list[Literal["random", "diverse", "adaptive"]] = Field(default_factory=list, description=(
+        "Probe strategies on the frontier; empty: probe.strategy."))
 
 
 class CompareConfig(Strict):

@@ -20,7 +20,10 @@ import numpy as np
 
 from persyn.config import RunConfig
 from persyn.errors import ConfigError
-from persyn.pipeline import generate_pairs, load_stage, open_run, rewards_for, score_prompts
+from persyn.frontier import baseline_points, default_budgets, frontier_for_split, plot, summarise
+from persyn.keys import draw_probe
+from persyn.pipeline import generate_pairs, load_stage, open_run, rewards_for, router_gain, score_prompts
+from persyn.probe import kcenter_order
 from persyn.prompts import Prompt
 from persyn.router import Embedder, make_router, routed_metrics
 from persyn.store import RunLock
@@ -77,7 +80,8 @@ def split_prompts(prompts: list[Prompt], probe_ids: set[str], held_out: int, poo
 
 
 def router_eval(cfg: RunConfig, *, backbones: list[str] | None = None, probe_sizes: list[int] | None = None,
-                held_out: int | None = None, out_path: Path | None = None) -> dict[str, Any]:
+                held_out: int | None = None, out_path: Path | None = None, kinds: list[str] | None = None,
+                strategies: list[str] | None = None) -> dict[str, Any]:
     opts = cfg.compare.router_eval
     backbones = backbones or opts.backbones or [cfg.router.backbone]
     held_n = held_out or opts.held_out
@@ -104,16 +108,89 @@ def router_eval(cfg: RunConfig, *, backbones: list[str] | None = None, probe_siz
                     metrics = routing_metrics(router.scores(X_held), R_held, R_pool[:k], names)
                     results.append({"backbone": backbone, "probe_size": k, **metrics,
                                     "fallback_to_bias": getattr(report, "fallback_to_bias", None)})
+            evaluated = pool[:max(sizes)] + held
+            Q, L, R = rewards_for(run, evaluated)
+            X = np.concatenate(_embed(cfg, backbones[0], pool[:max(sizes)], held))
+            frontier = cost_reward_frontier(cfg, X, Q, L, R, max(sizes), kinds or opts.kinds or [cfg.router.kind],
+                                            strategies or opts.probe_strategies or [cfg.probe.strategy],
+                                            opts.seeds or [opts.seed], opts.budgets or default_budgets(len(names)))
             out = {"teachers": names, "held_out": len(held), "alpha": cfg.reward.alpha,
                    "generations_this_invocation": run.generated,
-                   "generations_needed": len(pairs), "results": results}
+                   "generations_needed": len(pairs), "results": results,
+                   "frontier": {"backbone": backbones[0], "probe_size": max(sizes),
+                                "held_out": len(evaluated) - max(sizes), "rows": frontier}}
         finally:
             run.executor.close()
             run.store.close()
     out_path = out_path or cfg.path / "router_eval.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    (cfg.path / "frontier.json").write_text(json.dumps(out["frontier"]["rows"], indent=2) + "\n", encoding="utf-8")
+    plot(out["frontier"]["rows"], out_path.with_name(out_path.stem + "_frontier.png"),
+         f"{len(names)} teachers, probe {max(sizes)}, {out['frontier']['held_out']} held-out prompts")
     return out
+
+
+def cost_reward_frontier(cfg: RunConfig, X: np.ndarray, Q: np.ndarray, L: np.ndarray, R: np.ndarray, k: int,
+                         kinds: list[str], strategies: list[str], seeds: list[int],
+                         budgets: list[float]) -> list[dict[str, Any]]:
+    """Frontier rows (mean and spread over probe seeds) for each router kind and probe strategy; the probe is k
+    of the given prompts, the rest are held out."""
+    per_seed = []
+    for seed in seeds:
+        rows: list[dict[str, Any]] = []
+        for strategy in strategies:
+            probe = _probe_rows(cfg, X, R, k, strategy, seed, kinds[0])
+            held = np.setdiff1d(np.arange(len(R)), probe)
+            for kind in kinds:
+                router = _router(cfg, kind, seed)
+                router.fit(X[probe], R[probe])
+                found = frontier_for_split(router.scores(X[held]), R[probe], Q[probe], L[probe], R[held], Q[held],
+                                           L[held], cfg.reward.alpha, cfg.reward.normalization, budgets)
+                for row in found:
+                    if row["method"] == "router":
+                        row["method"] = f"persyn {kind} ({strategy} probe)"
+                        row["probe_size"] = len(probe)
+                    elif kind != kinds[0] or strategy != strategies[0]:
+                        continue
+                    rows.append(row)
+            if strategy == strategies[0]:
+                rows += baseline_points(R[probe], R[held], Q[held], L[held], cfg.reward.alpha,
+                                        cfg.compare.car_beta)
+        per_seed.append(rows)
+    return summarise(per_seed)
+
+
+def _router(cfg: RunConfig, kind: str, seed: int):
+    r = cfg.router.model_copy(update={"kind": kind, "seed": seed})
+    return make_router(kind, n_teachers=len(cfg.teachers), teacher_names=[t.name for t in cfg.teachers],
+                       **r.head_kwargs())
+
+
+def _probe_rows(cfg: RunConfig, X: np.ndarray, R: np.ndarray, k: int, strategy: str, seed: int,
+                kind: str) -> np.ndarray:
+    """Row indices of a probe of at most k prompts: a seeded draw, k-center (diverse), or adaptive: from k/4 in
+    steps of k/4 while the router's cross-validated gain improves (the last, not improving, round is paid for and
+    kept, as in the pipeline)."""
+    ids = [str(i) for i in range(len(R))]
+    if strategy == "diverse":
+        first = int(draw_probe(ids, 1, seed)[0])
+        return np.array(kcenter_order(X, k, first), dtype=np.int64)
+    order = np.array([int(i) for i in draw_probe(ids, len(ids), seed)], dtype=np.int64)
+    if strategy != "adaptive":
+        return order[:k]
+
+    def gain(size: int) -> float:
+        return router_gain(_router(cfg, kind, seed).fit(X[order[:size]], R[order[:size]]))
+
+    step = max(2, k // 4)
+    size, best = step, gain(step)
+    while size < k:
+        size = min(k, size + step)
+        if (g := gain(size)) <= best:
+            break
+        best = g
+    return order[:size]
 
 
 def _embed(cfg: RunConfig, backbone: str, pool: list[Prompt], held: list[Prompt]) -> tuple[np.ndarray, np.ndarray]:

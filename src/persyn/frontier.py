@@ -1,0 +1,145 @@
+"""The cost-reward frontier on prompts where every teacher's response is scored: pure functions over matrices.
+
+For each probe seed, a probe is drawn, the router is fitted on it, and the other prompts are routed with a
+generation budget (persyn.budget): mean combined reward of the kept response (Eq. 2 over all N teachers, as the
+oracle sees it), gap captured = (routed - best single) / (oracle - best single) with the best single teacher chosen
+on the probe, Hit@1 and Hit@3 of the kept response, and generations per routed prompt. Baselines at the same
+budgets: the top-k teachers by probe mean reward (the same selection, with no router); and, as points, the best
+single teacher, a random teacher, CAR (one teacher by mean quality / (1 + beta loss), which needs all N
+generations) and the oracle (N generations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from persyn.budget import allocate, calibrated_reward, probe_scales
+
+Fit = Callable[[np.ndarray, np.ndarray], Any]  # (probe rows, held-out rows) -> [held, T] router scores
+
+
+def default_budgets(n_teachers: int) -> list[float]:
+    return sorted({1.0, 1.5, 2.0, *map(float, range(3, n_teachers + 1))})
+
+
+def keep_best(cands: list[list[int]], Q: np.ndarray, L: np.ndarray, alpha: float, method: str,
+              scales: tuple[float, float], R_full: np.ndarray) -> np.ndarray:
+    """Index of the kept candidate per prompt: the full Eq. 2 when all N answered, else the calibrated reward."""
+    T = Q.shape[1]
+    kept = np.zeros(len(cands), dtype=np.int64)
+    for i, c in enumerate(cands):
+        if len(c) == T:
+            row = np.where(np.isnan(R_full[i]), -np.inf, R_full[i])
+            kept[i] = int(np.argmax(row))
+            continue
+        q = Q[i, c] if alpha < 1 else np.zeros(len(c))
+        value = calibrated_reward(q, L[i, c] if alpha > 0 else None, alpha, scales)
+        value = np.where(np.isnan(value), -np.inf, value)
+        kept[i] = c[int(np.argmax(value))]
+    return kept
+
+
+def point(kept: np.ndarray, R: np.ndarray, best_single: int, gens: float) -> dict[str, float]:
+    Rw = np.where(np.isnan(R), -np.inf, R)
+    chosen = Rw[np.arange(len(R)), kept]
+    chosen = np.where(np.isfinite(chosen), chosen, np.nan)
+    oracle = float(np.nanmax(R, 1).mean())
+    single = float(np.nanmean(np.where(np.isfinite(Rw[:, best_single]), Rw[:, best_single], np.nan)))
+    mean = float(np.nanmean(chosen))
+    better = (Rw > np.nan_to_num(chosen, nan=-np.inf)[:, None]).sum(1)
+    span = oracle - single
+    return {"mean_reward": mean, "gap_captured": (mean - single) / span if span > 1e-12 else 0.0,
+            "hit1": float((better == 0).mean()), "hit3": float((better < 3).mean()), "generations_per_prompt": gens,
+            "best_single": single, "oracle": oracle}
+
+
+def frontier_for_split(S: np.ndarray, probe_R: np.ndarray, probe_Q: np.ndarray, probe_L: np.ndarray,
+                       R: np.ndarray, Q: np.ndarray, L: np.ndarray, alpha: float, method: str,
+                       budgets: list[float]) -> list[dict[str, Any]]:
+    """Router and top-k-by-probe-mean rows at every budget for one probe/held-out split."""
+    means = np.nanmean(np.where(np.isnan(probe_R), np.nan, probe_R), 0)
+    means = np.where(np.isfinite(means), means, -np.inf)
+    best = int(np.argmax(means))
+    scales = probe_scales(probe_Q if alpha < 1 else None, probe_L if alpha > 0 else None, method)
+    rows = []
+    for label, scores in (("router", S), ("top-k by probe mean", np.tile(means, (len(R), 1)))):
+        for b in budgets:
+            cands = allocate(scores, b)
+            kept = keep_best(cands, Q, L, alpha, method, scales, R)
+            rows.append({"method": label, "budget": b,
+                         **point(kept, R, best, float(np.mean([len(c) for c in cands])))})
+    return rows
+
+
+def baseline_points(probe_R: np.ndarray, R: np.ndarray, Q: np.ndarray, L: np.ndarray, alpha: float,
+                    car_beta: float) -> list[dict[str, Any]]:
+    from persyn.strategies import car_values
+
+    T = R.shape[1]
+    means = np.nanmean(probe_R, 0)
+    best = int(np.nanargmax(np.where(np.isfinite(means), means, -np.inf)))
+    oracle = np.argmax(np.where(np.isnan(R), -np.inf, R), 1)
+    rows = [{"method": "best single", "budget": 1.0, **point(np.full(len(R), best), R, best, 1.0)},
+            {"method": "oracle", "budget": float(T), **point(oracle, R, best, float(T))}]
+    rand = point(np.zeros(len(R), dtype=np.int64), R, best, 1.0)
+    rand.update(mean_reward=float(np.nanmean(np.nanmean(R, 1))), hit1=float("nan"), hit3=float("nan"))
+    span = rand["oracle"] - rand["best_single"]
+    rand["gap_captured"] = (rand["mean_reward"] - rand["best_single"]) / span if span > 1e-12 else 0.0
+    rows.append({"method": "random", "budget": 1.0, **rand})
+    if 0 < alpha < 1:
+        car = int(np.nanargmax(np.where(np.isfinite(v := car_values(Q, L, car_beta)), v, -np.inf)))
+        rows.append({"method": "car", "budget": float(T), **point(np.full(len(R), car), R, best, float(T))})
+    return rows
+
+
+def summarise(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Mean, spread (std) and minimum of each metric over seeds, one row per (method, budget)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for rows in per_seed:
+        for r in rows:
+            groups.setdefault((r["method"], r["budget"]), []).append(r)
+    out = []
+    for (method, budget), rows in groups.items():
+        row: dict[str, Any] = {"method": method, "budget": budget, "seeds": len(rows)}
+        for key in ("mean_reward", "gap_captured", "hit1", "hit3", "generations_per_prompt", "best_single",
+                    "oracle"):
+            vals = np.array([r[key] for r in rows], dtype=float)
+            row[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
+            if key in ("mean_reward", "gap_captured"):
+                row[f"{key}_std"] = float(np.nanstd(vals)) if np.isfinite(vals).any() else None
+                row[f"{key}_min"] = float(np.nanmin(vals)) if np.isfinite(vals).any() else None
+        row["gain_per_seed"] = [round(r["mean_reward"] - r["best_single"], 4) for r in rows]
+        out.append(row)
+    return out
+
+
+def plot(rows: list[dict[str, Any]], path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        lines.setdefault(r["method"], []).append(r)
+    for method, pts in sorted(lines.items()):
+        pts = sorted(pts, key=lambda r: r["generations_per_prompt"])
+        x = [r["generations_per_prompt"] for r in pts]
+        y = [r["mean_reward"] for r in pts]
+        err = [r.get("mean_reward_std") or 0.0 for r in pts]
+        if len(pts) > 1:
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
+        else:
+            ax.errorbar(x, y, yerr=err, marker="s", linestyle="none", capsize=3, label=method)
+    ax.set_xlabel("generations per routed prompt")
+    ax.set_ylabel("mean combined reward (held-out prompts)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
