@@ -22,7 +22,7 @@ def test_reference_names_every_section_key_and_default():
     text = render()
     for heading in ("## `teachers[]`", "## `compare.router_eval`", "## `eval.benchmarks[]`"):
         assert heading in text
-    assert "| `min_gain_z` | float (≥ 0) | `1.64` |" in text
+    assert "| `min_gain_z` | float \\| null (≥ 0) | `null` |" in text
     assert "| `path` | str | required |" in text
 
 

@@ -39,10 +39,21 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
                       str(info["completion_tokens"]), f"{info['cost']:.4f}")
     console.print(table)
     r = summary.get("router") or {}
-    if r:
+    if "cv_gain" in r:
+        console.print(f"router ({r['folds']}-fold cross-validation over the probe): gain {r['cv_gain']:+.4f} "
+                      f"(s.e. {r['cv_gain_se']:.4f}) in mean reward over the best single teacher "
+                      f"{r.get('best_single_teacher')}, out-of-fold Hit@1 {r['val_hit1']:.3f}")
+    elif r:
         console.print(f"router (held-out probe): Hit@1 {r.get('val_hit1', float('nan')):.3f}, "
                       f"mean reward {r.get('val_mean_reward', float('nan')):.4f} vs best single teacher "
                       f"{r.get('best_single_teacher')} {r.get('val_best_single_mean_reward', float('nan')):.4f}")
+    if r.get("fallback_to_bias"):
+        reason = r.get("fallback_reason") or "the trained head did not beat it significantly on validation"
+        console.print(f"[yellow]router fell back to the best single teacher {r.get('best_single_teacher')}: {reason}")
+    b = summary.get("budget") or {}
+    if b.get("budget", 1) != 1 or b.get("accept_quality") is not None:
+        console.print(f"generation budget {b['budget']:g}: {b['routed_generations']} generations for "
+                      f"{b['routed_prompts']} routed prompts ({b['generations_per_routed_prompt']} each)")
     console.print(
         f"generations: {summary['generations_total']} in total, {summary['generations_this_invocation']} by this "
         f"run; Generate-then-Select would need {summary['generate_then_select_generations']}"

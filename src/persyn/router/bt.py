@@ -52,6 +52,7 @@ class FitReport:
     val_oracle_mean_reward: float | None
     val_random_mean_reward: float | None
     fallback_to_bias: bool
+    fallback_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,6 +168,11 @@ class BTRouter:
             self.mean, self.weight, self.bias = state
         self.report = self._report(len(train), n_val, R[train], epochs_run, best_epoch, probe_means,
                                    routed, single, fallback=fallback)
+        if best_epoch == 0:
+            self.report.fallback_reason = "no training epoch beat the untrained head on the validation split"
+        elif fallback:
+            self.report.fallback_reason = (f"on {n_val} validation prompts the head's gain over some teacher is "
+                                           f"within {hp['min_gain_z']:g} standard errors")
         return self.report
 
     def _report(self, n_train: int, n_val: int, R_train: np.ndarray, epochs_run: int, best_epoch: int,
