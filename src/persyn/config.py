@@ -42,6 +42,7 @@ class TeacherConfig(Strict):
     model: str | None = None  # HF id, local dir, .gguf file or registry name; for `recorded`, the responses file
     family: str | None = None
     cost_per_1k_tokens: float = Field(default=0.0, ge=0)
+    license: str | None = None  # the licence of this teacher's outputs, for the dataset card (SPDX id or terms)
     # Overrides of the run's generation defaults (None: use the default).
     max_new_tokens: int | None = Field(default=None, gt=0)
     temperature: float | None = Field(default=None, ge=0)
