@@ -101,7 +101,7 @@ def export(
     private: Annotated[bool, typer.Option(help="With --push-to-hub: a private repo.")] = False,
 ) -> None:
     """Run the export stage (dataset.jsonl, routing, scores, summary) and optionally write a trainer format."""
-    from persyn.formats import check_format, push_to_hub, require_run, write_export
+    from persyn.formats import check_format, check_hub, push_to_hub, require_run, write_export
     from persyn.pipeline import run_stages
 
     cfg = _config(config)
@@ -110,6 +110,8 @@ def export(
     if fmt is not None:
         check_format(fmt)
         require_run(cfg)
+    if hub_repo:
+        check_hub(hub_repo)
     result = run_stages(cfg, ["export"])
     _print_summary(result.summary, cfg.path)
     if fmt is None:

@@ -19,6 +19,7 @@ FORMATS = ("messages", "prompt-completion", "sharegpt", "alpaca", "hf")
 META = ("id", "teacher", "source", "quality", "learnability")
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
 SHARD_BYTES = 500 << 20  # parquet shard size the hub's viewer handles well
+ARROW_DIR = "arrow"  # hf format: the save_to_disk folder inside the export
 
 
 def check_format(fmt: str) -> str:
@@ -96,33 +97,45 @@ def write_export(cfg: RunConfig, fmt: str, out: Path | None = None) -> tuple[Pat
 
 
 def _write_hf(rows: list[dict[str, Any]], out: Path) -> list[str]:
-    """save_to_disk into `out` (load_from_disk) and parquet shards under out/data (load_dataset("parquet"))."""
+    """Parquet shards under out/data (the hub's layout: load_dataset(out) reads them through the card) and a
+    save_to_disk copy in out/arrow (load_from_disk; a folder holding one cannot also be read by load_dataset)."""
     import datasets
 
-    ds = datasets.Dataset.from_list(rows)
-    ds.save_to_disk(str(out))
-    n = max(1, math.ceil(ds.data.nbytes / SHARD_BYTES))
-    files = data_files("hf", n)
-    (out / "data").mkdir(exist_ok=True)
-    for old in (out / "data").glob("*.parquet"):
-        if old.relative_to(out).as_posix() not in files:
-            old.unlink()  # shards of an earlier, larger export
-    for i, name in enumerate(files):
-        tmp = out / (name + ".tmp")
-        ds.shard(n, i, contiguous=True).to_parquet(str(tmp))
-        os.replace(tmp, out / name)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # per-shard bars for a few MB are noise on the console
+    try:
+        ds = datasets.Dataset.from_list(rows)
+        ds.save_to_disk(str(out / ARROW_DIR))
+        n = max(1, math.ceil(ds.data.nbytes / SHARD_BYTES))
+        files = data_files("hf", n)
+        (out / "data").mkdir(exist_ok=True)
+        for old in (out / "data").glob("*.parquet"):
+            if old.relative_to(out).as_posix() not in files:
+                old.unlink()  # shards of an earlier, larger export
+        for i, name in enumerate(files):
+            tmp = out / (name + ".tmp")
+            ds.shard(n, i, contiguous=True).to_parquet(str(tmp))
+            os.replace(tmp, out / name)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
     return files
+
+
+def check_hub(repo: str) -> None:
+    """Before any work: offline (HF_HUB_OFFLINE) there is no hub to push to."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise PersynError(f"--push-to-hub {repo}: the hub cannot be reached offline (HF_HUB_OFFLINE is set); "
+                          "unset it, or export without --push-to-hub and upload the folder later")
 
 
 def push_to_hub(rows: list[dict[str, Any]], card: Path, repo: str, *, private: bool = False) -> str:
     """Upload the rows with `datasets`' own push_to_hub, then the card; offline or unreachable: one-line error."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        raise PersynError(f"--push-to-hub {repo}: the hub is unreachable offline (HF_HUB_OFFLINE is set); "
-                          f"the export is in {card.parent}")
+    check_hub(repo)
     import datasets
-    from huggingface_hub import DatasetCard
+    from huggingface_hub import DatasetCard, constants
 
     try:
         datasets.Dataset.from_list(rows).push_to_hub(repo, private=private)
