@@ -63,10 +63,10 @@ def run(config: ConfigArg) -> None:
     _write_report(cfg)
 
 
-def _write_report(cfg) -> None:
+def _write_report(cfg, **kwargs: Any) -> None:
     from persyn.html_report import write_html_report
 
-    console.print(f"report: {write_html_report(cfg)}")
+    console.print(f"report: {write_html_report(cfg, **kwargs)}")
 
 
 def _stage_command(stage: str):
@@ -123,9 +123,11 @@ def export(
 
 
 @app.command()
-def report(config: ConfigArg) -> None:
+def report(config: ConfigArg,
+           rows_per_teacher: Annotated[int, typer.Option(min=1, help="Example rows shown per teacher.")] = 50
+           ) -> None:
     """Redraw run_dir/report.html, one self-contained page, from the run's exported files."""
-    _write_report(_config(config))
+    _write_report(_config(config), per_teacher=rows_per_teacher)
 
 
 @app.command()
