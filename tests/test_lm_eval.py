@@ -50,15 +50,16 @@ def test_lm_eval_runs_a_local_task(tmp_path, tiny_lm_dir, capsys):
     assert summary["results"]["lm_eval"]["results"]["persyn_local_sums"]["acc,none"] == metrics["acc,none"]
 
 
-def test_shipped_offline_gsm8k_task_runs(tmp_path, tiny_lm_dir, shared_data, monkeypatch):
-    """docs/lm_eval_tasks/gsm8k_local.yaml reads ../shared/data relative to the repository root."""
+def test_shipped_offline_tasks_run(tmp_path, tiny_lm_dir, shared_data, monkeypatch):
+    """docs/lm_eval_tasks (named in docs/results.md) read ../shared/data relative to the repository root."""
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo)
     out = tmp_path / "eval"
     main(["eval", str(tiny_lm_dir), "--output-dir", str(out), "--lm-eval", "persyn_gsm8k_local",
           "--lm-eval-include", "docs/lm_eval_tasks", "--n", "2", "--max-new-tokens", "8"])
-    metrics = json.loads((out / "lm_eval.json").read_text())["results"]["persyn_gsm8k_local"]
-    assert metrics["exact_match,last-number"] in (0.0, 0.5, 1.0)
+    results = json.loads((out / "lm_eval.json").read_text())["results"]
+    assert results["persyn_gsm8k_local"]["exact_match,last-number"] in (0.0, 0.5, 1.0)
+    assert "persyn_gsm8k_local" in (repo / "docs" / "results.md").read_text()
 
 
 def test_missing_include_path_is_one_line(tmp_path, tiny_lm_dir, capsys):
