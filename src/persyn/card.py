@@ -126,6 +126,9 @@ def card_text(cfg: RunConfig, summary: dict[str, Any], *, fmt: str, data_files: 
     lines += ["", "## Columns", "",
               f"Format `{fmt}`. Besides the training columns every row has `id`, `teacher`, `source` (probe or "
               "routed), `quality` and `learnability` (raw scores; null where the row was not scored).", "",
+              "```python", "from datasets import load_dataset", "",
+              'ds = load_dataset("path/to/this/folder", split="train")  # or the hub repo it was pushed to', "```",
+              "",
               "## Provenance", "",
               f"- persyn {__version__}, config hash `{config_hash(cfg)}`"]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
