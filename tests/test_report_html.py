@@ -158,3 +158,23 @@ def test_report_before_any_run_is_one_line(tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no summary yet" in err[0]
+
+
+def test_report_of_a_run_without_scores_or_router(run, tmp_path):
+    """A run exported before its probe was scored (e.g. all probe generations failed) still gets a page."""
+    from persyn.config import load_config
+    from persyn.html_report import write_html_report
+
+    config, run_dir = run
+    cfg = load_config(config)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    summary = json.loads((run_dir / "summary.json").read_text()) | {"router": None}
+    (bare / "summary.json").write_text(json.dumps(summary))
+    (bare / "dataset.jsonl").write_text((run_dir / "dataset.jsonl").read_text())
+    cfg = cfg.model_copy(update={"run_dir": str(bare)})
+    d = Dom()
+    d.feed(write_html_report(cfg).read_text())
+    assert d.sections == SECTIONS
+    assert "No scores yet" in d.text["distributions"] and "not been trained" in d.text["router"]
+    assert len(d.rows) == sum(min(n, 50) for n in summary["teacher_counts"].values())

@@ -201,7 +201,8 @@ Generate-then-Select</div>
 </section>
 
 <section id="distributions"><h2>Scores on the probe, per teacher</h2>
-{% if plots.distributions %}<img alt="quality, learnability and reward per teacher" src="{{ plots.distributions }}">
+{% if plots.get("distributions") %}
+<img alt="quality, learnability and reward per teacher" src="{{ plots.distributions }}">
 {% else %}<p>No scores yet.</p>{% endif %}
 </section>
 
@@ -213,7 +214,7 @@ Generate-then-Select</div>
              "val_random_mean_reward", "fallback_to_bias"] if k in router %}
 <tr><th>{{ k }}</th><td class="num">{{ "%.4f" % router[k] if router[k] is float else router[k] }}</td></tr>
 {% endfor %}</table>
-{% if plots.router %}<img alt="router validation" src="{{ plots.router }}">{% endif %}</div>
+{% if plots.get("router") %}<img alt="router validation" src="{{ plots.router }}">{% endif %}</div>
 {% else %}<p>The router has not been trained yet.</p>{% endif %}
 </section>
 
@@ -221,7 +222,7 @@ Generate-then-Select</div>
 <div class="grid"><table><tr><th>method</th><th>generations per prompt</th><th>mean reward</th></tr>
 {% for r in frontier %}<tr><td>{{ r.method }}</td><td class="num">{{ "%.3f" % r.generations_per_prompt }}</td>
 <td class="num">{{ "%.4f" % r.mean_reward }}</td></tr>{% endfor %}</table>
-<img alt="cost-reward frontier" src="{{ plots.frontier }}"></div></section>{% endif %}
+<img alt="cost-reward frontier" src="{{ plots["frontier"] }}"></div></section>{% endif %}
 
 <section id="examples"><h2>Example rows</h2>
 <p>The first {{ per_teacher }} rows of each teacher ({{ rows|length }} of {{ s.dataset_rows }}).</p>
