@@ -178,3 +178,17 @@ def test_report_of_a_run_without_scores_or_router(run, tmp_path):
     assert d.sections == SECTIONS
     assert "No scores yet" in d.text["distributions"] and "not been trained" in d.text["router"]
     assert len(d.rows) == sum(min(n, 50) for n in summary["teacher_counts"].values())
+
+
+def test_malformed_frontier_is_one_line(run, capsys):
+    config, run_dir = run
+    (run_dir / "frontier.json").write_text(json.dumps([{"method": "persyn", "generations_per_prompt": None,
+                                                        "mean_reward": 0.5}]))
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(["report", str(config)])
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "frontier.json [[0].generations_per_prompt]" in err[0]
+    finally:
+        (run_dir / "frontier.json").unlink()

@@ -120,9 +120,14 @@ def read_frontier(run_dir: Path) -> list[dict[str, Any]] | None:
     except json.JSONDecodeError as exc:
         raise InputError("malformed JSON", file=str(path), line=exc.lineno) from None
     rows = data.get("rows", data) if isinstance(data, dict) else data
-    if not isinstance(rows, list) or not all(
-            isinstance(r, dict) and {"method", "generations_per_prompt", "mean_reward"} <= set(r) for r in rows):
+    if not isinstance(rows, list):
         raise InputError("expected a list of {method, generations_per_prompt, mean_reward} rows", file=str(path))
+    for i, r in enumerate(rows):
+        for key in ("generations_per_prompt", "mean_reward"):
+            v = r.get(key) if isinstance(r, dict) else None
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or "method" not in r:
+                raise InputError("needs method and numeric generations_per_prompt and mean_reward", file=str(path),
+                                 field=f"[{i}].{key}")
     return rows
 
 
