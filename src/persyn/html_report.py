@@ -79,12 +79,15 @@ def plots(teachers: list[str], summary: dict[str, Any], scores: list[dict[str, A
     by = {m: {t: [r[m] for r in scores if r["teacher"] == t and r.get(m) is not None] for t in teachers}
           for m in METRICS}
     shown = [m for m in METRICS if any(by[m].values())]
-    if shown:
-        fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.2), squeeze=False)
+    if shown:  # horizontal boxes: long teacher names read on the shared y axis
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown) + 2, 0.35 * len(teachers) + 1.3),
+                                 squeeze=False, sharey=True)
         for ax, m in zip(axes[0], shown, strict=True):
-            ax.boxplot([by[m][t] or [float("nan")] for t in teachers], tick_labels=teachers, showmeans=True)
+            ax.boxplot([by[m][t] or [float("nan")] for t in teachers], tick_labels=teachers, showmeans=True,
+                       orientation="horizontal")
             ax.set_title(f"{m} on the probe", fontsize=10)
-            ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+            ax.tick_params(labelsize=8)
+        axes[0][0].invert_yaxis()  # the first teacher on top, as in the tables
         out["distributions"] = _png(fig)
 
     r = summary.get("router") or {}
@@ -197,7 +200,8 @@ Generate-then-Select</div>
 <div class="grid"><table><tr><th>teacher</th><th>model</th><th>share</th><th>rows</th><th>generations</th>
 <th>tokens</th><th>cost</th><th>licence</th></tr>
 {% for t in cfg.teachers %}{% set info = s.per_teacher.get(t.name, {}) %}<tr><td>{{ t.name }}</td>
-<td>{{ t.model or t.backend }}</td><td class="num">{{ "%.1f%%" % (100 * s.teacher_shares.get(t.name, 0)) }}</td>
+<td title="{{ t.model or t.backend }}">{{ (t.model or t.backend).rsplit("/", 1)[-1] }}</td>
+<td class="num">{{ "%.1f%%" % (100 * s.teacher_shares.get(t.name, 0)) }}</td>
 <td class="num">{{ s.teacher_counts.get(t.name, 0) }}</td><td class="num">{{ info.get("generations", 0) }}</td>
 <td class="num">{{ info.get("completion_tokens", 0) }}</td><td class="num">{{ info.get("cost", 0) }}</td>
 <td>{{ t.license or "unknown" }}</td></tr>
