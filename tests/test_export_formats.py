@@ -129,8 +129,11 @@ def test_trl_sft_trains_one_step_on_the_export(run, fmt, tiny_lm_dir, tmp_path):
 
     out = export(run, fmt)
     ds = datasets.load_dataset("json", data_files=str(out / "train.jsonl"), split="train")
+    from persyn.train import _checkpointing_field
+
     args = SFTConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, max_length=128,
-                     use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
+                     use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+                     **{_checkpointing_field(SFTConfig): False})  # TRL's default uses transformers' old name
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_lm_dir), args=args, train_dataset=ds,
                          processing_class=AutoTokenizer.from_pretrained(tiny_lm_dir))
     result = trainer.train()
