@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 
 import pytest
 from transformers import AutoTokenizer
@@ -105,8 +105,8 @@ def test_eval_ifeval_on_a_tiny_model(tiny_lm_dir, shared_data, tmp_path):
     assert (tmp_path / "ifeval.records.jsonl").is_file()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is not None, reason="lm-eval is installed")
-def test_lm_eval_without_the_package_is_a_clear_error(tiny_lm_dir):
+def test_lm_eval_without_the_package_is_a_clear_error(tiny_lm_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # the dev extras install it: make its import fail
     with pytest.raises(PersynError, match=r"pip install 'persyn\[lmeval\]'"):
         eval_lm_eval(str(tiny_lm_dir), ["hellaswag"])
 

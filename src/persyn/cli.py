@@ -71,6 +71,13 @@ def run(config: ConfigArg) -> None:
     cfg = _config(config)
     result = run_stages(cfg)
     _print_summary(result.summary, cfg.path)
+    _write_report(cfg)
+
+
+def _write_report(cfg, **kwargs: Any) -> None:
+    from persyn.html_report import write_html_report
+
+    console.print(f"report: {write_html_report(cfg, **kwargs)}")
 
 
 def _stage_command(stage: str):
@@ -88,8 +95,50 @@ def _stage_command(stage: str):
     return command
 
 
-for _stage in ("probe", "score", "train-router", "route", "generate", "export"):
+for _stage in ("probe", "score", "train-router", "route", "generate"):
     app.command(name=_stage)(_stage_command(_stage))
+
+
+@app.command()
+def export(
+    config: ConfigArg,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="Also write the dataset as messages, prompt-completion, sharegpt, alpaca or hf, with a "
+                         "dataset card (README.md) beside it.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for --format (default run_dir/export/FORMAT).")] = None,
+    hub_repo: Annotated[str | None, typer.Option(
+        "--push-to-hub", help="Upload the --format dataset and its card to this hub repo (datasets' own upload).")
+    ] = None,
+    private: Annotated[bool, typer.Option(help="With --push-to-hub: a private repo.")] = False,
+) -> None:
+    """Run the export stage (dataset.jsonl, routing, scores, summary) and optionally write a trainer format."""
+    from persyn.formats import check_format, check_hub, push_to_hub, require_run, write_export
+    from persyn.pipeline import run_stages
+
+    cfg = _config(config)
+    if hub_repo and fmt is None:
+        fmt = "hf"
+    if fmt is not None:
+        check_format(fmt)
+        require_run(cfg)
+    if hub_repo:
+        check_hub(hub_repo)
+    result = run_stages(cfg, ["export"])
+    _print_summary(result.summary, cfg.path)
+    if fmt is None:
+        return
+    out_dir, rows = write_export(cfg, fmt, out)
+    console.print(f"{fmt}: {len(rows)} rows and README.md -> {out_dir}")
+    if hub_repo:
+        console.print(f"pushed: {push_to_hub(rows, out_dir / 'README.md', hub_repo, private=private)}")
+
+
+@app.command()
+def report(config: ConfigArg,
+           rows_per_teacher: Annotated[int, typer.Option(min=1, help="Example rows shown per teacher.")] = 50
+           ) -> None:
+    """Redraw run_dir/report.html, one self-contained page, from the run's exported files."""
+    _write_report(_config(config), per_teacher=rows_per_teacher)
 
 
 @app.command()

@@ -111,6 +111,8 @@ def eval_cmd(
     shots: Annotated[int, typer.Option(help="GSM8K few-shot examples (0 or 5 usual).")] = 0,
     ifeval: Annotated[str | None, typer.Option(help="IFEval prompts JSONL, or hf:google/IFEval.")] = None,
     lm_eval: Annotated[list[str] | None, typer.Option(help="lm-evaluation-harness task (repeatable).")] = None,
+    lm_eval_include: Annotated[list[Path] | None, typer.Option(
+        help="Folder of extra lm-eval task YAMLs (repeatable), e.g. docs/lm_eval_tasks for offline tasks.")] = None,
     n: Annotated[int | None, typer.Option(help="First n items of each benchmark (a fixed subset).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget per answer.")] = None,
 ) -> None:
@@ -126,7 +128,9 @@ def eval_cmd(
     if ifeval is not None:
         specs.append({"name": "ifeval", "prompts_path": ifeval, **extra})
     if lm_eval:
-        specs.append({"name": "lm_eval", "tasks": list(lm_eval), **({"limit": n} if n else {})})
+        specs.append({"name": "lm_eval", "tasks": list(lm_eval), **({"limit": n} if n else {}),
+                      **({"gen_kwargs": {"max_gen_toks": max_new_tokens}} if max_new_tokens else {}),
+                      **({"include_path": [str(p) for p in lm_eval_include]} if lm_eval_include else {})})
     if not specs:
         raise ConfigError("name a benchmark: --gsm8k, --ifeval, --lm-eval or --config", key="eval")
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,8 @@ class TeacherConfig(Strict):
     family: str | None = Field(default=None, description="Model family (e.g. `qwen`), for the family-strong baseline.")
     cost_per_1k_tokens: float = Field(default=0.0, ge=0, description=(
         "Price per 1000 prompt + completion tokens, for the cost columns of the summary."))
+    license: str | None = Field(default=None, description=(
+        "The licence of this teacher's outputs (SPDX id or terms), listed in the dataset card; not part of any key."))
     # Overrides of the run's generation defaults (None: use the default).
     max_new_tokens: int | None = Field(default=None, gt=0, description=(
         "Overrides generation.max_new_tokens for this teacher (None: the run default)."))

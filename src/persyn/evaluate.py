@@ -325,8 +325,10 @@ def eval_ifeval(model_spec: str, prompts_path: str | Path = IFEVAL_HF, *, n: int
 
 def eval_lm_eval(model_spec: str, tasks: list[str], *, num_fewshot: int | None = None, limit: int | None = None,
                  batch_size: int | str = 8, trust_remote_code: bool = False,
-                 output_path: str | Path | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Tasks of lm-evaluation-harness (`pip install 'persyn[lmeval]'`) on a local HF checkpoint."""
+                 include_path: str | list[str] | None = None, output_path: str | Path | None = None,
+                 **kwargs: Any) -> dict[str, Any]:
+    """Tasks of lm-evaluation-harness (`pip install 'persyn[lmeval]'`) on a local HF checkpoint. `include_path`:
+    folders (or one folder) of extra task YAMLs, e.g. tasks over local JSONL files that run offline."""
     try:
         import lm_eval
     except ImportError:
@@ -337,6 +339,18 @@ def eval_lm_eval(model_spec: str, tasks: list[str], *, num_fewshot: int | None =
     model_dir = resolve_model(model_spec, trust_remote_code=trust_remote_code)
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     model_args = f"pretrained={model_dir},dtype={dtype},trust_remote_code={trust_remote_code}"
+    if include_path:
+        from lm_eval.tasks import TaskManager
+
+        paths = [include_path] if isinstance(include_path, str) else list(include_path)
+        for p in paths:
+            if not Path(p).exists():
+                raise ConfigError(f"lm-eval include path not found: {p}", key="include_path")
+        meta = {"pretrained": str(model_dir)}
+        manager = TaskManager(include_path=paths, include_defaults=False, metadata=meta)
+        if not set(tasks) <= set(manager.all_tasks):  # built-in tasks too: index lm-eval's own (~10 s)
+            manager = TaskManager(include_path=paths, metadata=meta)
+        kwargs["task_manager"] = manager
     out = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=list(tasks), num_fewshot=num_fewshot,
                                   limit=limit, batch_size=batch_size,
                                   device="cuda" if torch.cuda.is_available() else "cpu", **kwargs)

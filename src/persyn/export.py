@@ -33,6 +33,7 @@ def export_run(run: Run) -> dict[str, Any]:
     routing = store.routing()
     keys = {p.id: run.keys.generation(teachers[routing[p.id][0]], p) for p in prompts if p.id in routing}
     gens = store.generations(keys.values())
+    known = row_scores(run, list(keys.values()))
 
     dataset, routing_rows, missing = [], [], []
     for p in prompts:
@@ -49,7 +50,8 @@ def export_run(run: Run) -> dict[str, Any]:
             continue
         dataset.append({"id": p.id, "messages": [{"role": "user", "content": p.text},
                                                  {"role": "assistant", "content": g.text}],
-                        "teacher": teacher, "source": "probe" if is_probe else "routed"})
+                        "teacher": teacher, "source": "probe" if is_probe else "routed",
+                        **{kind: values.get(keys[p.id]) for kind, values in known.items()}})
     out = cfg.path
     _write_jsonl(out / "dataset.jsonl", dataset)
     _write_jsonl(out / "routing.jsonl", routing_rows)
@@ -69,6 +71,15 @@ def export_run(run: Run) -> dict[str, Any]:
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, out / "summary.json")
     return summary
+
+
+def row_scores(run: Run, keys: list[str]) -> dict[str, dict[str, float | None]]:
+    """Raw quality and learnability of these generations where the store has them (probe rows; None elsewhere)."""
+    cfg, store = run.cfg, run.store
+    out = {"quality": store.scores("quality", run.keys.quality_scorer, keys), "learnability": {}}
+    if cfg.student is not None:
+        out["learnability"] = store.scores("learnability", run.keys.learnability_scorer, keys)
+    return {kind: {k: _nan_to_none(v) for k, v in values.items() if v is not None} for kind, values in out.items()}
 
 
 def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], missing: list[str],
