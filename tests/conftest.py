@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A fresh datasets cache per session: pytest reuses tmp paths across sessions, and datasets would serve a file it
+# cached under the same path from an earlier session.
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="persyn-hf-datasets-"))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
