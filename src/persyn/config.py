@@ -64,6 +64,10 @@ class TeacherConfig(Strict):
     tokens_per_minute: float | None = Field(default=None, gt=0)
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=5, ge=0)
+    retry_after_max_s: float = Field(
+        default=300.0, ge=0,
+        description="Longest Retry-After waited out; a server asking for more fails the request, which the next "
+                    "run retries.")
     extra: dict[str, Any] = Field(default_factory=dict)  # backend-specific settings
 
 
@@ -76,6 +80,13 @@ class StudentConfig(Strict):
     batch_tokens: int = Field(default=4096, gt=0)  # learnability scoring batch budget in tokens
     dtype: Dtype = "auto"
     server_url: str | None = None  # an OpenAI-compatible server that returns prompt log-probs
+    api_key_env: str | None = Field(default=None, description="server_url: environment variable with the API key.")
+    max_concurrency: int = Field(default=8, gt=0, description="server_url: requests in flight at once.")
+    timeout_s: float = Field(default=120.0, gt=0, description="server_url: seconds one request may take.")
+    max_retries: int = Field(default=5, ge=0, description="server_url: retries of a failed request.")
+    retry_after_max_s: float = Field(
+        default=300.0, ge=0,
+        description="server_url: longest Retry-After waited out; a longer one leaves the score for the next run.")
     family: str | None = None  # model family (e.g. "qwen"); the family-strong baseline picks a teacher of it
 
 

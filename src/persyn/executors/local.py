@@ -47,16 +47,14 @@ class LocalExecutor:
 def student_learnability(student: StudentConfig, prompts: list[str], responses: list[str]) -> Any:
     """Eq. 1 with the local student (shared with teacher backends through the model cache) or a server."""
     from persyn.models import load_causal_lm
-    from persyn.scoring.learnability import LearnabilityResult, learnability_scores
+    from persyn.scoring.learnability import learnability_scores
 
     if student.server_url:
         from persyn.models import load_tokenizer
-        from persyn.scoring.server_logprobs import server_learnability
+        from persyn.scoring.server_logprobs import student_server_learnability
 
         tokenizer = load_tokenizer(student.model, trust_remote_code=student.trust_remote_code)
-        values = server_learnability(student.server_url, student.model, tokenizer, prompts, responses,
-                                     chat_template=student.chat_template, few_shot=student.few_shot)
-        return LearnabilityResult(values=values, truncated=0, tokens=0)
+        return student_server_learnability(student, tokenizer, prompts, responses)
     model, tokenizer = load_causal_lm(student.model, dtype=student.dtype, trust_remote_code=student.trust_remote_code)
     return learnability_scores(model, tokenizer, prompts, responses, chat_template=student.chat_template,
                                few_shot=student.few_shot, max_length=student.max_length,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,9 +43,11 @@ _PROBE = "\x00persyn-response\x00"
 
 @dataclass
 class LearnabilityResult:
-    values: list[float | None]  # in input order; None for an empty response
+    values: list[float | None]  # in input order; None for an empty response (and for a failed one)
     truncated: int  # responses cut to fit max_length
     tokens: int  # tokens run through the model (prompt + response, padding excluded)
+    failed: list[int] = field(default_factory=list)  # indices not scored (a server gave up): not a score
+    errors: list[str] = field(default_factory=list)  # why, the first few
 
 
 @dataclass
