@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 @dataclass
 class Fault:
     # refused: "429", "500", "slow", "garbage", "no_choices", "echo_key" (a 500 whose body echoes the bearer key
-    # after 250 characters); answered, then spoiled: "bad_usage" (usage counts that are not numbers),
+    # across its 200th character); answered, then spoiled: "bad_usage" (usage counts that are not numbers),
     # "null_content" (HTTP 200 with `content: null`)
     kind: str
     retry_after: str | None = None  # for 429: seconds or an HTTP date
@@ -144,7 +144,7 @@ def build_app(lm: LocalModel, state: ServerState) -> FastAPI:
             return JSONResponse({"id": "x", "object": "chat.completion", "choices": []})
         if fault.kind == "echo_key":
             given = request.headers.get("authorization", "").removeprefix("Bearer ")
-            return _error(500, f"{'upstream failure; ' * 14}request was sent with key {given}")
+            return _error(500, f"{'upstream failure; ' * 8}request was sent with key {given}")
         if fault.kind in ("bad_usage", "null_content"):
             return fault
         if fault.kind == "slow":
