@@ -232,6 +232,10 @@ class RunConfig(Strict):
     router: RouterConfig = Field(default_factory=RouterConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     executor: Literal["local", "ray"] = "local"
+    max_resident_models: int = Field(
+        default=2, ge=1,
+        description="Local executor: most models (local teachers and the student) loaded at once; loading one "
+                    "more releases the least recently used.")
     ray: dict[str, Any] = Field(default_factory=dict)
     compare: CompareConfig = Field(default_factory=CompareConfig)
     train: TrainSection = Field(default_factory=TrainSection)

@@ -148,6 +148,7 @@ def generate_pairs(run: Run, pairs: list[tuple[Prompt, TeacherConfig]], label: s
                     failed += 1
                     first_error = first_error or f"{name}: {result.error}"
                 advance(1)
+            run.executor.release(teachers[name])  # nothing pending in this stage needs it any more
     fail_if_all_failed(label, "generation requests", sent, failed, first_error)
 
 
@@ -179,6 +180,8 @@ def prompt_generations(run: Run, prompts: list[Prompt]) -> tuple[list[list[str]]
 
 def score_stage(run: Run) -> None:
     score_prompts(run, probe_prompts(run), "score")
+    if run.cfg.router.backbone != "student":
+        run.executor.release()  # the student is needed again only to embed prompts as the router's backbone
 
 
 def score_prompts(run: Run, prompts: list[Prompt], label: str) -> None:
@@ -288,14 +291,17 @@ def _embedder(run: Run):
     from persyn.router.embed import Embedder
 
     r = run.cfg.router
-    backbone = r.backbone
+    backbone, model = r.backbone, None
     if backbone == "student":
-        if run.cfg.student is None:
+        student = run.cfg.student
+        if student is None:
             raise ConfigError("router.backbone 'student' needs a student", key="router.backbone")
-        backbone = run.cfg.student.model
+        backbone = student.model
+        if hasattr(run.executor, "student_model") and not student.server_url:
+            model = run.executor.student_model(student)  # the loaded student, not a second copy
     return Embedder(backbone, pooling=r.pooling, layers=r.layers, max_length=r.max_length,
                     batch_size=r.embed_batch_size, trust_remote_code=r.trust_remote_code,
-                    cache_path=run.run_dir / "embeddings.sqlite")
+                    cache_path=run.run_dir / "embeddings.sqlite", model=model)
 
 
 def _router_dir(run: Run) -> Path:
@@ -348,6 +354,8 @@ def route_stage(run: Run) -> None:
         else:
             rows.append((p.id, names[int(np.argmax(S[i]))], scores, p.id in best_probe))
     run.store.set_routing(rows, fp)
+    if run.cfg.router.backbone == "student":
+        run.executor.release()
 
 
 def _argmax_nan(row: np.ndarray) -> int | None:

@@ -269,6 +269,9 @@ class RayExecutor:
         pool.last_used = time.monotonic()
         return merged
 
+    def release(self, teacher: TeacherConfig | None = None) -> None:
+        """Replicas hold their own models; idle pools are reclaimed by `idle_timeout_s`."""
+
     def close(self) -> None:
         for key in list(self.pools):
             self._kill(key)
