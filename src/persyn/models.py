@@ -452,8 +452,8 @@ def load_causal_lm(spec: str, *, dtype: str | None = None, device: str | None = 
 
     key = causal_lm_key(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     location, _, device, _ = key
-    torch_dtype = _torch_dtype(dtype, device)
     if key not in _LOADED:
+        torch_dtype = _torch_dtype(dtype, device)
         tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
         kwargs: dict[str, Any] = {"dtype": torch_dtype, "use_safetensors": True,
                                   "trust_remote_code": trust_remote_code}
@@ -478,7 +478,11 @@ def causal_lm_key(spec: str, *, dtype: str | None = None, device: str | None = N
     """The in-process cache key load_causal_lm gives these arguments: equal keys share one copy."""
     device = device or default_device()
     location = resolve(spec, trust_remote_code=trust_remote_code)
-    return (location, str(_torch_dtype(dtype, device)), device, trust_remote_code)
+    if dtype is None or dtype == "auto":  # as _torch_dtype resolves it, without its warnings
+        name = "torch.bfloat16" if device.startswith("cuda") else "torch.float32"
+    else:
+        name = f"torch.{dtype}"
+    return (location, name, device, trust_remote_code)
 
 
 def is_loaded(key: tuple[str, str, str, bool]) -> bool:
