@@ -157,6 +157,17 @@ def test_a_stage_where_every_request_failed_exits_non_zero_with_one_line(server,
         assert con.execute("SELECT count(*) FROM generations WHERE error IS NULL").fetchone()[0] == 4
 
 
+def test_a_stage_where_some_requests_failed_says_so_and_exits_zero(server, tiny_lm_dir, tmp_path, monkeypatch,
+                                                                     capsys):
+    monkeypatch.setenv("PERSYN_TEST_KEY", KEY)
+    config = openai_config(tmp_path, server, tiny_lm_dir)
+    server.state.inject("500", 1)
+    main(["probe", config])
+    assert "probe: done (3 new generations, 1 failed: run again to retry them)" in capsys.readouterr().out
+    main(["probe", config])
+    assert "probe: done (1 new generations)" in capsys.readouterr().out and server.state.total == 5
+
+
 def test_a_server_that_is_down_exits_non_zero(server, tiny_lm_dir, tmp_path, monkeypatch, capsys):
     import socket
 
