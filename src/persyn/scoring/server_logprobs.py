@@ -1,8 +1,10 @@
 """Learnability (Eq. 1) from a server that returns prompt log-probs, instead of running the student locally.
 
-The token ids are built exactly as `persyn.scoring.learnability` builds them (chat-formatted prompt, response
-appended by `format_response`, end-of-turn token, truncation) and sent as a token-id prompt, so the boundary
-between conditioning and scored tokens is exact. Two protocols:
+The token ids are built exactly as `persyn.scoring.learnability` builds them (SFT's tokens and completion mask,
+truncation) and sent as a token-id prompt, so the boundary between conditioning and scored tokens is exact.
+Requests go through `persyn.http` (retries, backoff, redaction) with the student's key, concurrency, timeout
+and retry settings; a request that still fails is reported in `LearnabilityResult.failed`, not scored, so the
+next run retries it. Two protocols:
 
 - "prompt_logprobs" (vLLM, SGLang): /v1/completions with `prompt_logprobs=0, max_tokens=1`; each prompt
   position carries a dict keyed by token id.
