@@ -237,3 +237,35 @@ def test_server_learnability_honours_the_student_settings(server, tiny_lm_dir, t
     assert server.state.max_in_flight == 2
     assert all(len(b["prompt"]) <= 24 for b in server.state.bodies)
     assert run.truncated == 8  # every prompt + response is longer than 24 tokens
+
+
+def test_batch_api_results_with_the_same_faults_stay_pending(tmp_path):
+    """The Batch API path: unusable usage is stored without usage; null content and errors stay pending."""
+    from persyn.batch_route import export_pending, import_results
+
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    cfg = parse_config({
+        "run_dir": str(tmp_path / "run"), "prompts": {"path": str(tmp_path / "p.jsonl")},
+        "teachers": [{"name": n, "backend": "openai", "model": f"org/{n}", "base_url": "http://127.0.0.1:9/v1"}
+                     for n in "ab"],
+        "quality": {"kind": "field"}, "reward": {"alpha": 0.0}, "probe": {"size": 3},
+    })
+    path, _ = export_pending(cfg, "probe", tmp_path / "batch")["a"]
+    ids = [json.loads(line)["custom_id"] for line in path.read_text().splitlines()]
+
+    def answer(content, usage) -> dict:
+        return {"status_code": 200, "body": {"choices": [{"index": 0, "finish_reason": "stop",
+                                                          "message": {"role": "assistant", "content": content}}],
+                                             "usage": usage}}
+
+    rows = [{"custom_id": ids[0], "response": answer("fine", {"completion_tokens": "n/a"}), "error": None},
+            {"custom_id": ids[1], "response": answer(None, {"completion_tokens": 3}), "error": None},
+            {"custom_id": ids[2], "response": None, "error": {"code": "server_error", "message": "overloaded"}}]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    counts = import_results(cfg, "probe", "a", tmp_path / "results.jsonl")
+    assert (counts["stored"], counts["failed"], counts["still_pending"]) == (1, 2, 2)
+    again, _ = export_pending(cfg, "probe", tmp_path / "batch2")["a"]
+    assert [json.loads(line)["custom_id"] for line in again.read_text().splitlines()] == ids[1:]
+    with sqlite3.connect(tmp_path / "run" / "persyn.sqlite") as con:
+        assert con.execute("SELECT text, completion_tokens FROM generations WHERE key=?", (ids[0],)).fetchone() \
+            == ("fine", 0)
