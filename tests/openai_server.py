@@ -41,6 +41,7 @@ class ServerState:
     api_key: str | None = None
     delay_s: float = 0.0  # added latency per generation request, so client concurrency is observable
     prompt_logprobs: bool = True  # False: refuse vLLM's prompt_logprobs like an OpenAI-style server
+    fail_longer_than: int | None = None  # answer HTTP 500 to every token-id prompt longer than this
     faults: deque[Fault] = field(default_factory=deque)
     counts: Counter[str] = field(default_factory=Counter)  # path -> requests received
     arrivals: list[float] = field(default_factory=list)  # monotonic arrival time of each generation request
@@ -56,6 +57,7 @@ class ServerState:
 
     def reset(self) -> None:
         self.faults.clear()
+        self.fail_longer_than = None
         self.counts.clear()
         self.arrivals.clear()
         self.bodies.clear()
@@ -163,6 +165,9 @@ def build_app(lm: LocalModel, state: ServerState) -> FastAPI:
             if refused is not None and not isinstance(refused, Fault):
                 return refused
             body = await request.json()
+            if state.fail_longer_than is not None and isinstance(body.get("prompt"), list) \
+                    and len(body["prompt"]) > state.fail_longer_than:
+                return _error(500, "this prompt always fails")
             state.bodies.append(body)
             if state.delay_s:
                 await asyncio.sleep(state.delay_s)
