@@ -298,7 +298,8 @@ def _embedder(run: Run):
             raise ConfigError("router.backbone 'student' needs a student", key="router.backbone")
         backbone = student.model
         if hasattr(run.executor, "student_model") and not student.server_url:
-            model = run.executor.student_model(student)  # the loaded student, not a second copy
+            executor = run.executor
+            model = lambda: executor.student_model(student)  # noqa: E731 - the loaded student, on first use
     return Embedder(backbone, pooling=r.pooling, layers=r.layers, max_length=r.max_length,
                     batch_size=r.embed_batch_size, trust_remote_code=r.trust_remote_code,
                     cache_path=run.run_dir / "embeddings.sqlite", model=model)

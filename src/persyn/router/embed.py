@@ -112,7 +112,9 @@ class Embedder:
         self.encoded_texts = 0  # texts actually run through the model (cache misses)
         self._model: Any = None
         self._tokenizer: Any = None
-        self._loaded_lm = model  # an already loaded causal LM of this backbone (the student): used, not reloaded
+        # An already loaded causal LM of this backbone (the student), or a callable giving it on the first cache
+        # miss: its decoder is used, not loaded a second time.
+        self._loaded_lm = model
         self._key_prefix = json.dumps(
             {"backbone": backbone_fingerprint(self.model_dir), "pooling": pooling, "layers": self.layers,
              "max_length": max_length}, sort_keys=True)
@@ -149,7 +151,8 @@ class Embedder:
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=self.trust_remote_code)
             if self._loaded_lm is not None:  # its decoder is what AutoModel would load from the same weights
-                model = self._loaded_lm.base_model
+                lm = self._loaded_lm if isinstance(self._loaded_lm, torch.nn.Module) else self._loaded_lm()
+                model = lm.base_model
                 device = str(next(model.parameters()).device)
             else:
                 model = AutoModel.from_pretrained(self.model_dir, trust_remote_code=self.trust_remote_code,
