@@ -28,7 +28,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 @dataclass
 class Fault:
-    kind: str  # "429", "500", "slow", "garbage", "no_choices"
+    # refused: "429", "500", "slow", "garbage", "no_choices", "echo_key" (a 500 whose body echoes the bearer key
+    # across its 200th character); answered, then spoiled: "bad_usage" (usage counts that are not numbers),
+    # "null_content" (HTTP 200 with `content: null`)
+    kind: str
     retry_after: str | None = None  # for 429: seconds or an HTTP date
     seconds: float = 0.0  # for slow
 
@@ -38,6 +41,7 @@ class ServerState:
     api_key: str | None = None
     delay_s: float = 0.0  # added latency per generation request, so client concurrency is observable
     prompt_logprobs: bool = True  # False: refuse vLLM's prompt_logprobs like an OpenAI-style server
+    fail_longer_than: int | None = None  # answer HTTP 500 to every token-id prompt longer than this
     faults: deque[Fault] = field(default_factory=deque)
     counts: Counter[str] = field(default_factory=Counter)  # path -> requests received
     arrivals: list[float] = field(default_factory=list)  # monotonic arrival time of each generation request
@@ -53,6 +57,7 @@ class ServerState:
 
     def reset(self) -> None:
         self.faults.clear()
+        self.fail_longer_than = None
         self.counts.clear()
         self.arrivals.clear()
         self.bodies.clear()
@@ -98,6 +103,18 @@ class LocalModel:
         return new, lps
 
 
+def spoil(answer: dict[str, Any], kind: str) -> None:
+    """Damage a real answer the way misbehaving servers do."""
+    if kind == "bad_usage":
+        answer["usage"] = {"prompt_tokens": None, "completion_tokens": "n/a", "total_tokens": "n/a"}
+    else:  # null_content
+        choice = answer["choices"][0]
+        if "message" in choice:
+            choice["message"]["content"] = None
+        else:
+            choice["text"] = None
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status, headers)
 
@@ -106,8 +123,9 @@ def build_app(lm: LocalModel, state: ServerState) -> FastAPI:
     app = FastAPI()
     tok = lm.tokenizer
 
-    async def admit(request: Request) -> JSONResponse | PlainTextResponse | None:
-        """Auth, then an injected fault if one is queued; None lets the request through."""
+    async def admit(request: Request) -> JSONResponse | PlainTextResponse | Fault | None:
+        """Auth, then an injected fault if one is queued; None (or a fault that spoils the answer) lets the
+        request through."""
         if state.api_key is not None:
             given = request.headers.get("authorization", "").removeprefix("Bearer ")
             if given != state.api_key:
@@ -126,6 +144,11 @@ def build_app(lm: LocalModel, state: ServerState) -> FastAPI:
             return PlainTextResponse("<html>502 upstream hiccup</html>", 200)
         if fault.kind == "no_choices":
             return JSONResponse({"id": "x", "object": "chat.completion", "choices": []})
+        if fault.kind == "echo_key":
+            given = request.headers.get("authorization", "").removeprefix("Bearer ")
+            return _error(500, f"{'upstream failure; ' * 8}request was sent with key {given}")
+        if fault.kind in ("bad_usage", "null_content"):
+            return fault
         if fault.kind == "slow":
             await asyncio.sleep(fault.seconds)
             return None
@@ -139,16 +162,22 @@ def build_app(lm: LocalModel, state: ServerState) -> FastAPI:
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
             refused = await admit(request)
-            if refused is not None:
+            if refused is not None and not isinstance(refused, Fault):
                 return refused
             body = await request.json()
+            if state.fail_longer_than is not None and isinstance(body.get("prompt"), list) \
+                    and len(body["prompt"]) > state.fail_longer_than:
+                return _error(500, "this prompt always fails")
             state.bodies.append(body)
             if state.delay_s:
                 await asyncio.sleep(state.delay_s)
             try:
-                return await run_in_threadpool(work, body)
+                answer = await run_in_threadpool(work, body)
             except (KeyError, TypeError, ValueError) as exc:
                 return _error(400, f"bad request: {exc}")
+            if isinstance(refused, Fault):
+                spoil(answer, refused.kind)
+            return answer
         finally:
             with state.lock:
                 state.in_flight -= 1

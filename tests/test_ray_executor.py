@@ -125,3 +125,24 @@ def test_full_cluster_releases_idle_replicas_of_other_models(tmp_path, tiny_lm_d
     while ray.available_resources().get("CPU", 0) < 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == 1
+
+
+def test_ray_learnability_that_fails_is_reported_at_its_own_index(tmp_path, tiny_lm_dir, callers_ray):
+    """Two student replicas score two halves; the one request that fails is reported at its index in the whole,
+    so the pipeline leaves exactly it pending."""
+    from openai_server import serve
+
+    prompts = ["What is 1 plus 2?", "What is 2 plus 3?", "What is 3 plus 4?", "What is 4 plus 5? " * 6]
+    responses = ["3", "5", "7", "9"]
+    cfg = tiny_config(tmp_path, "run", [tiny_lm_dir, tiny_lm_dir], tiny_lm_dir, executor="ray",
+                      ray={"student_replicas": 2, "actor_num_cpus": 0.25, "ready_timeout_s": 60})
+    with serve(tiny_lm_dir) as server:
+        server.state.fail_longer_than = 40  # only the last, long prompt
+        student = cfg.student.model_copy(update={"server_url": server.base_url, "max_retries": 0})
+        executor = RayExecutor(cfg)
+        try:
+            result = executor.learnability(student, prompts, responses)
+        finally:
+            executor.close()
+    assert result.failed == [3] and "HTTP 500" in result.errors[0]
+    assert result.values[3] is None and all(v is not None for v in result.values[:3])

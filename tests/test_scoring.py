@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from persyn.config import QualityConfig
 from persyn.errors import ConfigError, InputError
 from persyn.scoring import learnability as lmod
-from persyn.scoring.learnability import end_of_turn_id, learnability_scores, naive_learnability
+from persyn.scoring.learnability import _Encoder, learnability_scores, naive_learnability
 from persyn.scoring.quality import (
     FieldScorer,
     RewardModelScorer,
@@ -75,8 +75,10 @@ def test_learnability_fallback_path_matches(tiny, monkeypatch):
 
 def test_few_shot_and_end_of_turn(tiny):
     model, tok = tiny
-    assert end_of_turn_id(tok) == tok.convert_tokens_to_ids("<|im_end|>")
-    assert end_of_turn_id(tok, few_shot=True) is None
+    [chat_e] = _Encoder(tok, None, None, 512)(PROMPTS[:1], RESPONSES[:1])
+    assert tok.decode(chat_e.ids[chat_e.start:]) == RESPONSES[0] + "<|im_end|>\n"  # as SFT trains it
+    [few_e] = _Encoder(tok, None, True, 512)(PROMPTS[:1], RESPONSES[:1])
+    assert tok.decode(few_e.ids[few_e.start:]) == " " + RESPONSES[0] + tok.eos_token  # TRL appends the eos
     res = learnability_scores(model, tok, PROMPTS, RESPONSES, few_shot=True, max_length=512)
     _check_against_naive(model, tok, res, 512, few_shot=True)
     chat = learnability_scores(model, tok, PROMPTS[:1], RESPONSES[:1])

@@ -36,7 +36,7 @@ def fresh_state(server):
 
 def score(server, tokenizer, **kw):
     kw.setdefault("backoff_base_s", 0.01)
-    return server_learnability(server.base_url, "tiny", tokenizer, PROMPTS, RESPONSES, **kw)
+    return server_learnability(server.base_url, "tiny", tokenizer, PROMPTS, RESPONSES, **kw).values
 
 
 @pytest.mark.parametrize("mode", ["prompt_logprobs", "echo"])
@@ -56,7 +56,7 @@ def test_server_equals_local(server, local, mode, few_shot, max_length):
 
 def test_matches_the_naive_reference(server, local):
     model, tokenizer = local
-    [got] = server_learnability(server.base_url, "tiny", tokenizer, PROMPTS[:1], RESPONSES[:1])
+    [got] = server_learnability(server.base_url, "tiny", tokenizer, PROMPTS[:1], RESPONSES[:1]).values
     assert got == pytest.approx(naive_learnability(model, tokenizer, PROMPTS[0], RESPONSES[0]), abs=1e-4)
 
 
@@ -84,10 +84,12 @@ def test_transient_faults_are_retried(server, local):
     assert server.state.total == 7
 
 
-def test_requests_that_keep_failing_give_none(server, local):
+def test_requests_that_keep_failing_are_failed_not_scored(server, local):
     server.state.inject("500", 2)
-    got = score(server, local[1], mode="echo", max_concurrency=1, max_retries=1)
-    assert got[0] is None and all(v is not None for v in got[1:4])
+    result = server_learnability(server.base_url, "tiny", local[1], PROMPTS, RESPONSES, mode="echo",
+                                 max_concurrency=1, max_retries=1, backoff_base_s=0.01)
+    assert result.failed == [0] and "HTTP 500" in result.errors[0]
+    assert result.values[0] is None and all(v is not None for v in result.values[1:4])
     assert server.state.total == 5
 
 

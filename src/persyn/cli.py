@@ -89,7 +89,8 @@ def _stage_command(stage: str):
         if stage == "export":
             _print_summary(result.summary, cfg.path)
         else:
-            console.print(f"{stage}: done ({result.generated} new generations)")
+            failed = f", {result.failed} failed: run again to retry them" if result.failed else ""
+            console.print(f"{stage}: done ({result.generated} new generations{failed})")
 
     command.__doc__ = f"Run the {stage} stage alone."
     return command

@@ -106,6 +106,10 @@ class TeacherConfig(Strict):
     timeout_s: float = Field(default=120.0, gt=0, description="openai: seconds to wait for one response.")
     max_retries: int = Field(default=5, ge=0, description=(
         "openai: retries of a failed request (429, 5xx, timeouts, unusable replies) with exponential backoff."))
+    retry_after_max_s: float = Field(
+        default=300.0, ge=0,
+        description="Longest Retry-After waited out; a server asking for more fails the request, which the next "
+                    "run retries.")
     extra: dict[str, Any] = Field(default_factory=dict, description=(
         "Backend-specific settings. openai: `body` (merged into every request body; part of the key), `headers`, "
         "`backoff_base_s`, `backoff_max_s`."))
@@ -126,6 +130,13 @@ class StudentConfig(Strict):
     dtype: Dtype = Field(default="auto", description="Weights and activations of the student while scoring.")
     server_url: str | None = Field(default=None, description=(
         "An OpenAI-compatible server that returns prompt log-probs, used instead of the local model."))
+    api_key_env: str | None = Field(default=None, description="server_url: environment variable with the API key.")
+    max_concurrency: int = Field(default=8, gt=0, description="server_url: requests in flight at once.")
+    timeout_s: float = Field(default=120.0, gt=0, description="server_url: seconds one request may take.")
+    max_retries: int = Field(default=5, ge=0, description="server_url: retries of a failed request.")
+    retry_after_max_s: float = Field(
+        default=300.0, ge=0,
+        description="server_url: longest Retry-After waited out; a longer one leaves the score for the next run.")
     family: str | None = Field(default=None, description=(
         "Model family (e.g. `qwen`); the family-strong baseline picks a teacher of it."))
 
@@ -336,6 +347,10 @@ class RunConfig(Strict):
         "Run-wide generation defaults (teachers may override)."))
     executor: Literal["local", "ray"] = Field(default="local", description=(
         "Where generation and scoring run: this process (`local`) or a Ray cluster (`ray`)."))
+    max_resident_models: int = Field(
+        default=2, ge=1,
+        description="Local executor: most models (local teachers and the student) loaded at once; loading one "
+                    "more releases the least recently used.")
     ray: dict[str, Any] = Field(default_factory=dict, description="Ray executor settings (see docs/ray.md).")
     compare: CompareConfig = Field(default_factory=CompareConfig, description="`persyn compare` settings.")
     train: TrainSection = Field(default_factory=TrainSection, description=(

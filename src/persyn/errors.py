@@ -30,3 +30,10 @@ class ConfigError(PersynError):
         prefix = f"{file}: " if file else ""
         super().__init__(f"{prefix}{key}: {message}" if key else f"{prefix}{message}")
         self.key = key
+
+
+class StageFailedError(PersynError):
+    """Every request of a stage failed (a server down, a key without quota): nothing was done, so the run stops
+    instead of going on with empty results. What failed stays pending; the next run retries it."""
+
+    exit_code = 1

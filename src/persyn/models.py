@@ -492,12 +492,11 @@ def load_causal_lm(spec: str, *, dtype: str | None = None, device: str | None = 
     so teacher generation and student scoring of the same model reuse it."""
     from transformers import AutoModelForCausalLM
 
-    device = device or default_device()
-    torch_dtype = _torch_dtype(dtype, device)
-    location = resolve(spec, trust_remote_code=trust_remote_code)
+    key = causal_lm_key(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    location, _, device, _ = key
     _drop_if_rewritten(spec, location)
-    key = (location, str(torch_dtype), device, trust_remote_code)
     if key not in _LOADED:
+        torch_dtype = _torch_dtype(dtype, device)
         tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
         kwargs: dict[str, Any] = {"dtype": torch_dtype, "use_safetensors": True,
                                   "trust_remote_code": trust_remote_code}
@@ -515,6 +514,37 @@ def load_causal_lm(spec: str, *, dtype: str | None = None, device: str | None = 
             model.generation_config.pad_token_id = tokenizer.pad_token_id
         _LOADED[key] = (model, tokenizer)
     return _LOADED[key]
+
+
+def causal_lm_key(spec: str, *, dtype: str | None = None, device: str | None = None,
+                  trust_remote_code: bool = False) -> tuple[str, str, str, bool]:
+    """The in-process cache key load_causal_lm gives these arguments: equal keys share one copy."""
+    device = device or default_device()
+    location = resolve(spec, trust_remote_code=trust_remote_code)
+    if dtype is None or dtype == "auto":  # as _torch_dtype resolves it, without its warnings
+        name = "torch.bfloat16" if device.startswith("cuda") else "torch.float32"
+    else:
+        name = f"torch.{dtype}"
+    return (location, name, device, trust_remote_code)
+
+
+def is_loaded(key: tuple[str, str, str, bool]) -> bool:
+    return key in _LOADED
+
+
+def unload(key: tuple[str, str, str, bool]) -> bool:
+    """Drop one cached model (see causal_lm_key); its memory is freed once no caller holds it. False if absent."""
+    if _LOADED.pop(key, None) is None:
+        return False
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return True
 
 
 def unload_all() -> None:

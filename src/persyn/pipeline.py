@@ -15,7 +15,7 @@ import yaml
 
 from persyn.backends.base import GenRequest, GenResult
 from persyn.config import RunConfig, TeacherConfig
-from persyn.errors import ConfigError
+from persyn.errors import ConfigError, StageFailedError
 from persyn.executors import Executor, make_executor
 from persyn.keys import Keys, describe_changes, describe_prompt_changes
 from persyn.progress import progress
@@ -133,15 +133,31 @@ def store_result(run: Run, teacher: TeacherConfig, req: GenRequest, result: GenR
 
 
 def generate_pairs(run: Run, pairs: list[tuple[Prompt, TeacherConfig]], label: str) -> None:
-    """Generate every (prompt, teacher) pair the store lacks, grouped per teacher, committing each result."""
+    """Generate every (prompt, teacher) pair the store lacks, grouped per teacher, committing each result.
+
+    A failed result is stored with its error and stays pending; when every request failed, the stage stops the
+    run (StageFailedError) rather than reporting "done"."""
     todo = pending_requests(run, pairs)
     teachers = {t.name: t for t in run.cfg.teachers}
+    sent, failed, first_error = 0, 0, ""
     with progress(f"{label}: generating", sum(len(v) for v in todo.values())) as advance:
         for name, reqs in todo.items():
             by_key = {r.key: r for r in reqs}
             for result in run.executor.generate(teachers[name], reqs):
                 store_result(run, teachers[name], by_key[result.key], result)
+                sent += 1
+                if result.error is not None:
+                    failed += 1
+                    first_error = first_error or f"{name}: {result.error}"
                 advance(1)
+            run.executor.release(teachers[name])  # nothing pending in this stage needs it any more
+    fail_if_all_failed(label, "generation requests", sent, failed, first_error)
+
+
+def fail_if_all_failed(label: str, what: str, attempted: int, failed: int, first_error: str) -> None:
+    if attempted and failed == attempted:
+        raise StageFailedError(f"{label}: all {attempted} {what} failed and stay pending; run again once the cause "
+                               f"is fixed (first error: {' '.join(first_error.split())[:300]})")
 
 
 def stage_pairs(run: Run, stage: str) -> list[tuple[Prompt, TeacherConfig]]:
@@ -202,6 +218,8 @@ def prompt_generations(run: Run, prompts: list[Prompt]) -> tuple[list[list[str]]
 
 def score_stage(run: Run) -> None:
     score_prompts(run, probe_prompts(run), "score")
+    if run.cfg.router.backbone != "student":
+        run.executor.release()  # the student is needed again only to embed prompts as the router's backbone
 
 
 def score_prompts(run: Run, prompts: list[Prompt], label: str,
@@ -249,19 +267,28 @@ def _score_learnability(run: Run, keys: list[str], gens: dict, prompt_of: dict[s
     pre = {k: gens[k].pre_learnability for k in keys if k not in have and gens[k].pre_learnability is not None}
     if pre:
         run.store.add_scores("learnability", scorer_id, pre)
-    missing = [k for k in keys if k not in have and k not in pre]
+    # A stored None for a non-empty response is a score that failed (stores before failures were kept pending).
+    missing = [k for k in keys if k not in pre
+               and (k not in have or (have[k] is None and (gens[k].text or "").strip()))]
     # Long responses first, so the batcher's length sort works on a full chunk and the ETA errs high.
     missing.sort(key=lambda k: len(gens[k].text or ""), reverse=True)
     assert run.cfg.student is not None
+    failed, first_error = 0, ""
     with progress(f"{label}: learnability", len(missing)) as advance:
         for i in range(0, len(missing), SCORE_CHUNK):
             chunk = missing[i : i + SCORE_CHUNK]
             result = run.executor.learnability(run.cfg.student, [prompt_of[k].text for k in chunk],
                                                [gens[k].text or "" for k in chunk])
-            run.store.add_scores("learnability", scorer_id, dict(zip(chunk, result.values, strict=True)),
-                                 truncated_count=result.truncated)
+            lost = set(result.failed)  # not stored: a failed score is a missing one, retried by the next run
+            values = {k: v for j, (k, v) in enumerate(zip(chunk, result.values, strict=True)) if j not in lost}
+            run.store.add_scores("learnability", scorer_id, values, truncated_count=result.truncated)
             run.truncated += result.truncated
+            failed += len(lost)
+            first_error = first_error or next(iter(result.errors), "")
             advance(len(chunk))
+    if failed:
+        log.warning("%s: %d learnability scores failed and stay pending for the next run", label, failed)
+    fail_if_all_failed(label, "learnability requests", len(missing), failed, first_error)
 
 
 def probe_rewards(run: Run) -> tuple[list[Prompt], np.ndarray, np.ndarray, np.ndarray]:
@@ -303,14 +330,18 @@ def _embedder(run: Run):
     from persyn.router.embed import Embedder
 
     r = run.cfg.router
-    backbone = r.backbone
+    backbone, model = r.backbone, None
     if backbone == "student":
-        if run.cfg.student is None:
+        student = run.cfg.student
+        if student is None:
             raise ConfigError("router.backbone 'student' needs a student", key="router.backbone")
-        backbone = run.cfg.student.model
+        backbone = student.model
+        if hasattr(run.executor, "student_model") and not student.server_url:
+            executor = run.executor
+            model = lambda: executor.student_model(student)  # noqa: E731 - the loaded student, on first use
     return Embedder(backbone, pooling=r.pooling, layers=r.layers, max_length=r.max_length,
                     batch_size=r.embed_batch_size, trust_remote_code=r.trust_remote_code,
-                    cache_path=run.run_dir / "embeddings.sqlite")
+                    cache_path=run.run_dir / "embeddings.sqlite", model=model)
 
 
 def _router_dir(run: Run) -> Path:
@@ -384,6 +415,8 @@ def route_stage(run: Run) -> None:
             rows.append((p.id, Route(names[best], scores, True, route_keys[p.id], [names[j] for j in answered])))
     run.store.set_routing(rows)
     run.store.set_meta("route_plan", plan)
+    if run.cfg.router.backbone == "student":
+        run.executor.release()
 
 
 def _argmax_nan(row: np.ndarray) -> int | None:

@@ -2,22 +2,21 @@
 
 Requests run concurrently on an asyncio loop in a background thread, bounded by a semaphore and token buckets
 (requests/min, tokens/min); each is retried with exponential backoff and full jitter on 429, 5xx, timeouts,
-connection errors and unparsable bodies. Results stream back to the caller as each request finishes.
+connection errors, unparsable bodies and replies without text (see persyn.http). Results stream back to the
+caller as each request finishes; a request that still fails is returned with its error, so the store keeps it
+pending and the next run retries it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json
-import os
+import math
 import queue
-import random
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -25,171 +24,34 @@ import httpx
 from persyn.backends.base import GenRequest, GenResult, register_backend
 from persyn.chat import FEW_SHOT_STOP, few_shot_prefix
 from persyn.errors import ConfigError
+from persyn.http import (  # noqa: F401 - parse_retry_after and redact are re-exported for older imports
+    Counters,
+    FatalHTTPError,
+    RetryableError,
+    RetryPolicy,
+    TokenBucket,
+    async_client,
+    parse_retry_after,
+    post_json,
+    read_api_key,
+    redact,
+)
 
 EXTRA_KEYS = {"body", "headers", "backoff_base_s", "backoff_max_s"}
-RETRYABLE_STATUS = {408, 409, 429} | set(range(500, 600))
 
 
-class FatalHTTPError(Exception):
-    """A response that no retry can fix (bad key, bad request): the whole run should stop."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class RetryableError(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-@dataclass
-class Counters:
-    requests_sent: int = 0
-    retries: int = 0
-    failed: int = 0
-    succeeded: int = 0
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_retries: int = 5
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        """Full jitter: uniform in [0, min(max, base * 2**attempt)]; a server's Retry-After is a floor."""
-        jitter = random.uniform(0.0, min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt))
-        return max(jitter, retry_after) if retry_after is not None else jitter
-
-
-class TokenBucket:
-    """Refills at `per_minute / 60` per second and holds one second's worth, so requests are spread evenly.
-
-    An acquisition larger than the capacity (a long prompt under a tokens/min limit) waits for a full bucket
-    and then drives it negative: the average rate still holds.
-    """
-
-    def __init__(self, per_minute: float) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate)
-        self.level = self.capacity
-        self.updated = time.monotonic()
-        self.lock = asyncio.Lock()
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
-        self.updated = now
-
-    async def acquire(self, amount: float) -> None:
-        async with self.lock:
-            need = min(amount, self.capacity)
-            self._refill()
-            while self.level < need:
-                await asyncio.sleep((need - self.level) / self.rate)
-                self._refill()
-            self.level -= amount
-
-    def refund(self, amount: float) -> None:
-        """Give back (or, negative, take) the difference between an estimate and the real usage."""
-        self._refill()
-        self.level = min(self.capacity, self.level + amount)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds or as an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
-
-
-async def post_json(client: httpx.AsyncClient, url: str, body: dict[str, Any], *, policy: RetryPolicy,
-                    counters: Counters, secret: str | None = None, validate: Any = None,
-                    throttle: TokenBucket | None = None, timeout_s: float | None = None) -> dict[str, Any]:
-    """POST with retries: the parsed JSON body, or RetryableError/FatalHTTPError after the last try.
-
-    `validate(data)` raises ValueError for a body that parsed but lacks what the caller needs (retried).
-    `throttle` (a requests/min bucket) is paid before every attempt, retries included; `timeout_s` bounds each
-    attempt as a whole (httpx's own timeout bounds each phase).
-    """
-    attempt = 0
-    while True:
-        if throttle is not None:
-            await throttle.acquire(1)
-        counters.requests_sent += 1
-        try:
-            data = await _post_once(client, url, body, validate, timeout_s)
-        except RetryableError as exc:
-            if attempt >= policy.max_retries:
-                message = f"{exc} (gave up after {attempt + 1} attempts)"
-                raise RetryableError(redact(message, secret)) from None
-            counters.retries += 1
-            await asyncio.sleep(policy.delay(attempt, exc.retry_after))
-            attempt += 1
-            continue
-        except FatalHTTPError as exc:
-            raise FatalHTTPError(exc.status, redact(str(exc), secret)) from None
-        return data
-
-
-async def _post_once(client: httpx.AsyncClient, url: str, body: dict[str, Any],
-                     validate: Any, timeout_s: float | None) -> dict[str, Any]:
-    try:
-        async with asyncio.timeout(timeout_s):
-            resp = await client.post(url, json=body)
-    except (httpx.TimeoutException, TimeoutError):
-        raise RetryableError("request timed out") from None
-    except httpx.TransportError as exc:
-        raise RetryableError(f"connection error: {type(exc).__name__}") from None
-    if resp.status_code in RETRYABLE_STATUS:
-        raise RetryableError(f"HTTP {resp.status_code}: {_snippet(resp.text)}",
-                             parse_retry_after(resp.headers.get("retry-after")))
-    if resp.status_code >= 400:
-        raise FatalHTTPError(resp.status_code, f"HTTP {resp.status_code}: {_snippet(resp.text)}")
-    try:
-        data = resp.json()
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        if validate is not None:
-            validate(data)
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise RetryableError(f"unreadable response ({exc}): {_snippet(resp.text)}") from None
-    return data
-
-
-def _snippet(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text[:limit] + ("..." if len(text) > limit else "")
-
-
-def read_api_key(api_key_env: str | None, *, key: str) -> str | None:
-    if not api_key_env:
-        return None
-    value = os.environ.get(api_key_env)
-    if not value:
-        raise ConfigError(f"environment variable {api_key_env} is not set (it should hold the API key)",
-                          key=key)
-    return value
-
-
-def _require_choices(data: dict[str, Any]) -> None:
+def _require_content(data: dict[str, Any]) -> None:
+    """A usable reply has a first choice with text: anything else (no choices, `content: null`) is retried."""
     choices = data["choices"]
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ValueError("no choices")
+    if not isinstance(_choice_text(choices[0]), str):
+        raise ValueError("the response has no message content")
+
+
+def _choice_text(choice: dict[str, Any]) -> Any:
+    message = choice.get("message")
+    return message.get("content") if isinstance(message, dict) else choice.get("text")
 
 
 @register_backend("openai")
@@ -214,7 +76,7 @@ class OpenAIBackend:
         self.base_url = teacher.base_url.rstrip("/")
         self.few_shot = uses_completions(teacher)
         self.policy = RetryPolicy(teacher.max_retries, float(teacher.extra.get("backoff_base_s", 1.0)),
-                                  float(teacher.extra.get("backoff_max_s", 60.0)))
+                                  float(teacher.extra.get("backoff_max_s", 60.0)), teacher.retry_after_max_s)
         self.counters = Counters()
 
     def fingerprint(self) -> str:
@@ -274,11 +136,8 @@ class OpenAIBackend:
         tpm = TokenBucket(t.tokens_per_minute) if t.tokens_per_minute else None
         headers = {str(k): str(v) for k, v in t.extra.get("headers", {}).items()}
         api_key = read_api_key(t.api_key_env, key=f"teachers.{t.name}.api_key_env")
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        limits = httpx.Limits(max_connections=t.max_concurrency, max_keepalive_connections=t.max_concurrency)
-        timeout = httpx.Timeout(t.timeout_s)
-        async with httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits) as client:
+        async with async_client(api_key=api_key, max_concurrency=t.max_concurrency, timeout_s=t.timeout_s,
+                                headers=headers) as client:
 
             async def one(req: GenRequest) -> None:
                 async with sem:
@@ -300,7 +159,7 @@ class OpenAIBackend:
         start = time.monotonic()
         try:
             data = await post_json(client, self.base_url + path, body, policy=self.policy,
-                                   counters=self.counters, secret=api_key, validate=_require_choices,
+                                   counters=self.counters, secret=api_key, validate=_require_content,
                                    throttle=rpm, timeout_s=self.teacher.timeout_s)
         except RetryableError as exc:
             self.counters.failed += 1
@@ -358,17 +217,29 @@ def request_body(teacher: Any, request: GenRequest, *, few_shot: bool) -> tuple[
 def result_from_body(key: str, data: dict[str, Any], seconds: float, cost_per_1k: float) -> GenResult:
     """A GenResult from a chat-completions (or completions) response body."""
     choice = data["choices"][0]
-    message = choice.get("message")
-    text = message.get("content") if isinstance(message, dict) else choice.get("text")
-    if not isinstance(message, dict) and isinstance(text, str):
+    text = _choice_text(choice)
+    if not isinstance(choice.get("message"), dict) and isinstance(text, str):
         text = text.strip()  # a few-shot completion starts after "Answer:" with a space
-    usage = data.get("usage") or {}
-    prompt_tokens = int(usage.get("prompt_tokens") or 0)
-    completion_tokens = int(usage.get("completion_tokens") or 0)
-    extra = {"finish_reason": choice.get("finish_reason")}
+    usage = data.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    prompt_tokens, completion_tokens = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    extra: dict[str, Any] = {"finish_reason": choice.get("finish_reason")}
+    if prompt_tokens is None or completion_tokens is None:
+        extra["usage_missing"] = True  # unusable usage counts as none: no tokens, no cost, never a crash
+        prompt_tokens = completion_tokens = None
+    prompt_tokens, completion_tokens = prompt_tokens or 0, completion_tokens or 0
     if not isinstance(text, str):
         return GenResult(key=key, text=None, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                          seconds=seconds, error="the response has no message content", extra=extra)
     cost = (prompt_tokens + completion_tokens) / 1000 * cost_per_1k
     return GenResult(key=key, text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                      seconds=seconds, cost=cost, extra=extra)
+
+
+def _count(value: Any) -> int | None:
+    """A token count from a usage field: a non-negative whole number, else None (missing or unusable)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 0 or value != int(value):
+        return None
+    return int(value)

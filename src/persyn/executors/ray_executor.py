@@ -240,6 +240,8 @@ class RayExecutor:
             yield from results
 
     def learnability(self, student: StudentConfig, prompts: list[str], responses: list[str]) -> Any:
+        from ray.exceptions import RayActorError
+
         from persyn.scoring.learnability import LearnabilityResult
 
         if not prompts:
@@ -248,12 +250,27 @@ class RayExecutor:
         self._promote(pool, timeout=0 if pool.ready else self.settings.ready_timeout_s)
         replicas = [pool.actors[i] for i in pool.ready]
         size = math.ceil(len(prompts) / len(replicas))
+        starts = list(range(0, len(prompts), size))
         refs = [actor.learnability.remote(prompts[j : j + size], responses[j : j + size])
-                for actor, j in zip(replicas, range(0, len(prompts), size), strict=False)]
-        parts = [self._get(ref) for ref in refs]
+                for actor, j in zip(replicas, starts, strict=False)]
+        merged = LearnabilityResult(values=[], truncated=0, tokens=0)
+        for j, ref in zip(starts, refs, strict=False):
+            n = len(prompts[j : j + size])
+            try:
+                part = self._get(ref)
+            except RayActorError as exc:  # the replica died: these scores are missing, for the next run
+                part = LearnabilityResult(values=[None] * n, truncated=0, tokens=0, failed=list(range(n)),
+                                          errors=[f"ray actor died: {str(exc).splitlines()[0]}"])
+            merged.values += part.values
+            merged.truncated += part.truncated
+            merged.tokens += part.tokens
+            merged.failed += [j + i for i in part.failed]
+            merged.errors += part.errors
         pool.last_used = time.monotonic()
-        return LearnabilityResult(values=[v for p in parts for v in p.values],
-                                  truncated=sum(p.truncated for p in parts), tokens=sum(p.tokens for p in parts))
+        return merged
+
+    def release(self, teacher: TeacherConfig | None = None) -> None:
+        """Replicas hold their own models; idle pools are reclaimed by `idle_timeout_s`."""
 
     def close(self) -> None:
         for key in list(self.pools):

@@ -95,7 +95,7 @@ class Embedder:
     def __init__(self, backbone: str = "all-minilm-l6-v2", *, pooling: Pooling = "mean",
                  layers: list[int] | None = None, max_length: int = 256, batch_size: int = 32,
                  trust_remote_code: bool = False, cache_path: Path | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, model: Any = None) -> None:
         if pooling not in ("mean", "last"):
             raise ConfigError(f"pooling must be 'mean' or 'last', got {pooling!r}", key="router.pooling")
         self.layers = list(layers) if layers is not None else [-1]
@@ -112,6 +112,9 @@ class Embedder:
         self.encoded_texts = 0  # texts actually run through the model (cache misses)
         self._model: Any = None
         self._tokenizer: Any = None
+        # An already loaded causal LM of this backbone (the student), or a callable giving it on the first cache
+        # miss: its decoder is used, not loaded a second time.
+        self._loaded_lm = model
         self._key_prefix = json.dumps(
             {"backbone": backbone_fingerprint(self.model_dir), "pooling": pooling, "layers": self.layers,
              "max_length": max_length}, sort_keys=True)
@@ -147,9 +150,14 @@ class Embedder:
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=self.trust_remote_code)
-            model = AutoModel.from_pretrained(self.model_dir, trust_remote_code=self.trust_remote_code,
-                                              use_safetensors=True,  # never unpickle a checkpoint
-                                              dtype=torch.float32 if device == "cpu" else torch.bfloat16)
+            if self._loaded_lm is not None:  # its decoder is what AutoModel would load from the same weights
+                lm = self._loaded_lm if isinstance(self._loaded_lm, torch.nn.Module) else self._loaded_lm()
+                model = lm.base_model
+                device = str(next(model.parameters()).device)
+            else:
+                model = AutoModel.from_pretrained(self.model_dir, trust_remote_code=self.trust_remote_code,
+                                                  use_safetensors=True,  # never unpickle a checkpoint
+                                                  dtype=torch.float32 if device == "cpu" else torch.bfloat16)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load embedding backbone {self.backbone!r} from {self.model_dir}: {exc}",
                               key="router.backbone") from exc

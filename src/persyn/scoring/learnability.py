@@ -2,16 +2,20 @@
 
     L(x, y) = 1/|y| * sum_t log p_student(y_t | chat(x), y_<t)
 
-computed with the student *before* fine-tuning. The prompt is formatted exactly as the student will see it
-(`persyn.chat.format_prompt`); prompt and response are tokenised separately and their ids concatenated, so the
-boundary between what is conditioned on and what is scored is exact.
+computed with the student *before* fine-tuning, over exactly the tokens `persyn train` trains on: each pair is
+tokenised as TRL's SFTTrainer tokenises the prompt-completion row that `persyn.train.to_prompt_completion`
+makes of it, and the scored positions are SFT's completion mask.
 
-End of turn: when the chat template closes an assistant message with a special token (ChatML's `<|im_end|>`,
-Llama 3's `<|eot_id|>`, Gemma's `<end_of_turn>`), that token is appended to the response and scored too. SFT
-trains the student to emit it, so how readily the student ends the answer where the teacher did is part of
-how learnable the response is. Usually that token is the tokenizer's eos; we take whatever the template
-writes, found by rendering a probe conversation. Few-shot prompting (base models) has no end-of-turn token,
-so nothing is appended there.
+- Chat models: prompt ids = `apply_chat_template([user], add_generation_prompt=True)`, full ids =
+  `apply_chat_template([user, assistant])`, both tokenised together as the template renders them; the completion
+  is what follows their common prefix. For ChatML that is `answer<|im_end|>\n`: how readily the student ends
+  the answer where the teacher did is part of how learnable the response is.
+- Base models (few-shot): prompt ids = `tokenizer(prompt)` (BOS included where the tokenizer adds one), full ids
+  = `tokenizer(prompt + " " + answer + eos)`, as TRL appends the eos to a text completion.
+
+Truncation: a pair longer than `max_length` keeps its start, as SFT's `keep_start` does. When the prompt alone
+would leave fewer than `min_response_tokens` for the response, the prompt is cut instead (its head kept: BOS,
+template, the start of the question) so that much response is still scored. Every cut pair is counted.
 
 Speed: sequences are sorted by length and packed into right-padded batches under a token budget; the
 decoder's hidden states are sliced to the response positions before the lm_head, and log-probs are
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,14 +42,15 @@ _PLAIN_HEAD_TYPES = frozenset({
     "gemma3_text", "phi3", "olmo2", "smollm3",
 })
 _LOGIT_CHUNK_ELEMENTS = 1 << 25  # fp32 logits held at once in the head: 128 MiB
-_PROBE = "\x00persyn-response\x00"
 
 
 @dataclass
 class LearnabilityResult:
-    values: list[float | None]  # in input order; None for an empty response
+    values: list[float | None]  # in input order; None for an empty response (and for a failed one)
     truncated: int  # responses cut to fit max_length
     tokens: int  # tokens run through the model (prompt + response, padding excluded)
+    failed: list[int] = field(default_factory=list)  # indices not scored (a server gave up): not a score
+    errors: list[str] = field(default_factory=list)  # why, the first few
 
 
 @dataclass
@@ -55,36 +60,17 @@ class Encoded:
     truncated: bool
 
 
-def end_of_turn_id(tokenizer: Any, *, chat_template: str | None = None, few_shot: bool | None = None) -> int | None:
-    """The special token the chat template writes right after an assistant message, if any."""
-    if uses_few_shot(tokenizer, few_shot, chat_template):
-        return None
-    template = None if chat_template in (None, "few-shot") else chat_template
-    try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}],
-            tokenize=False, chat_template=template,
-        )
-    except Exception:  # templates that refuse assistant turns: score the response without an end token
-        return None
-    at = text.rfind(_PROBE)
-    if at < 0:
-        return None
-    suffix = text[at + len(_PROBE):]
-    special = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
-    special.update(getattr(tokenizer, "all_special_tokens", []))
-    for token in sorted(special, key=len, reverse=True):
-        if token and suffix.startswith(token):
-            return tokenizer.convert_tokens_to_ids(token)
-    return None
+MIN_RESPONSE_TOKENS = 32  # response tokens kept when a long prompt is cut (at most half of max_length)
 
 
-def _adds_bos(tokenizer: Any) -> bool:
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return False
-    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return bool(with_special) and with_special[0] == bos
+def common_prefix_length(ids: list[int], other: list[int]) -> int:
+    """Leading tokens two sequences share; TRL's SFTTrainer starts the completion there."""
+    n = 0
+    for a, b in zip(ids, other, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
 
 
 @dataclass
@@ -93,40 +79,59 @@ class _Encoder:
     chat_template: str | None
     few_shot: bool | None
     max_length: int
+    min_response_tokens: int = MIN_RESPONSE_TOKENS
 
     def __post_init__(self) -> None:
+        from persyn.backends.transformers_backend import _template_text
+
         self.is_few_shot = uses_few_shot(self.tokenizer, self.few_shot, self.chat_template)
-        self.eot = end_of_turn_id(self.tokenizer, chat_template=self.chat_template, few_shot=self.few_shot)
-        self.bos = self.tokenizer.bos_token_id if _adds_bos(self.tokenizer) else None
+        template = None if self.chat_template in (None, "few-shot") else self.chat_template
+        self.template = _template_text(template, key="student.chat_template")
+
+    def sft_ids(self, prompts: list[str], responses: list[str]) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, prompt + completion ids) per pair, as TRL's SFTTrainer tokenises persyn train's rows."""
+        tok = self.tokenizer
+        if not prompts:
+            return []
+        if self.is_few_shot:
+            texts = [format_prompt(tok, p, few_shot=True) for p in prompts]
+            eos = tok.eos_token or ""
+            completions = [format_response(t, r, few_shot=True) for t, r in zip(texts, responses, strict=True)]
+            completions = [c if c.endswith(eos) else c + eos for c in completions]
+            prompt_ids = tok(texts)["input_ids"]
+            full_ids = tok([t + c for t, c in zip(texts, completions, strict=True)])["input_ids"]
+        else:
+            users = [[{"role": "user", "content": p}] for p in prompts]
+            prompt_ids = tok.apply_chat_template(users, tokenize=True, add_generation_prompt=True,
+                                                 chat_template=self.template, return_dict=True)["input_ids"]
+            convs = [[*u, {"role": "assistant", "content": r}] for u, r in zip(users, responses, strict=True)]
+            full_ids = tok.apply_chat_template(convs, tokenize=True, chat_template=self.template,
+                                               return_dict=True)["input_ids"]
+        return [(list(p), list(f)) for p, f in zip(prompt_ids, full_ids, strict=True)]
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[Encoded | None]:
-        tok = self.tokenizer
         todo = [i for i, r in enumerate(responses) if r.strip()]
-        prompt_texts = [format_prompt(tok, prompts[i], chat_template=self.chat_template, few_shot=self.is_few_shot)
-                        for i in todo]
-        response_texts = [format_response(pt, responses[i], few_shot=self.is_few_shot)
-                          for pt, i in zip(prompt_texts, todo, strict=True)]
-        # one tokenizer call per side: the fast tokenizer encodes a list in a single Rust call
-        p_ids = tok(prompt_texts, add_special_tokens=False)["input_ids"] if todo else []
-        r_ids = tok(response_texts, add_special_tokens=False)["input_ids"] if todo else []
+        pairs = self.sft_ids([prompts[i] for i in todo], [responses[i] for i in todo])
         out: list[Encoded | None] = [None] * len(responses)
-        for i, p, r in zip(todo, p_ids, r_ids, strict=True):
-            out[i] = self._join(list(p), list(r))
+        for i, (p, full) in zip(todo, pairs, strict=True):
+            out[i] = self._fit(common_prefix_length(p, full), full)
         return out
 
-    def _join(self, p: list[int], r: list[int]) -> Encoded | None:
-        if self.bos is not None and (not p or p[0] != self.bos):
-            p = [self.bos, *p]  # the chat template did not write the BOS the model was trained with
-        if self.eot is not None:
-            r.append(self.eot)
-        truncated = len(p) + len(r) > self.max_length
-        if truncated:
-            p = p[-(self.max_length - 1):]
-            r = r[: self.max_length - len(p)]
-        start = max(len(p), 1)  # with no prompt token at all, the first response token cannot be scored
-        if start >= len(p) + len(r):
+    def _fit(self, start: int, full: list[int]) -> Encoded | None:
+        """SFT's keep_start truncation, except that a long prompt is cut to leave a minimum response budget."""
+        completion = full[start:]
+        if not completion:
             return None
-        return Encoded(ids=p + r, start=start, truncated=truncated)
+        truncated = len(full) > self.max_length
+        if truncated:
+            budget = min(len(completion), max(1, min(self.min_response_tokens, self.max_length // 2)))
+            head = min(start, self.max_length - budget)
+            full, start = full[:head] + completion[: self.max_length - head], head
+        if start == 0:  # nothing to condition the first token on: it cannot be scored
+            start = 1
+        if start >= len(full):
+            return None
+        return Encoded(ids=full, start=start, truncated=truncated)
 
 
 def _batches(encoded: list[tuple[int, Encoded]], batch_tokens: int) -> Iterator[list[tuple[int, Encoded]]]:

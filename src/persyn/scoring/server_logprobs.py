@@ -1,8 +1,10 @@
 """Learnability (Eq. 1) from a server that returns prompt log-probs, instead of running the student locally.
 
-The token ids are built exactly as `persyn.scoring.learnability` builds them (chat-formatted prompt, response
-appended by `format_response`, end-of-turn token, truncation) and sent as a token-id prompt, so the boundary
-between conditioning and scored tokens is exact. Two protocols:
+The token ids are built exactly as `persyn.scoring.learnability` builds them (SFT's tokens and completion mask,
+truncation) and sent as a token-id prompt, so the boundary between conditioning and scored tokens is exact.
+Requests go through `persyn.http` (retries, backoff, redaction) with the student's key, concurrency, timeout
+and retry settings; a request that still fails is reported in `LearnabilityResult.failed`, not scored, so the
+next run retries it. Two protocols:
 
 - "prompt_logprobs" (vLLM, SGLang): /v1/completions with `prompt_logprobs=0, max_tokens=1`; each prompt
   position carries a dict keyed by token id.
@@ -21,9 +23,17 @@ from typing import Any
 
 import httpx
 
-from persyn.backends.openai_backend import Counters, FatalHTTPError, RetryableError, RetryPolicy, post_json
 from persyn.errors import ConfigError
-from persyn.scoring.learnability import Encoded, _Encoder
+from persyn.http import (
+    Counters,
+    FatalHTTPError,
+    RetryableError,
+    RetryPolicy,
+    async_client,
+    post_json,
+    read_api_key,
+)
+from persyn.scoring.learnability import Encoded, LearnabilityResult, _Encoder
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "prompt_logprobs", "echo")
@@ -82,24 +92,30 @@ async def _score(client: httpx.AsyncClient, url: str, model: str, e: Encoded, mo
 
 async def _score_all(base_url: str, model: str, encoded: list[Encoded | None], *, api_key: str | None,
                      max_concurrency: int, mode: str, policy: RetryPolicy,
-                     timeout_s: float) -> list[float | None]:
+                     timeout_s: float) -> tuple[list[float | None], list[int], list[str]]:
+    """(values, indices that failed after their retries, their errors); a failed index is not a score."""
     url = base_url.rstrip("/") + "/completions"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     counters = Counters()
     values: list[float | None] = [None] * len(encoded)
     todo = [i for i, e in enumerate(encoded) if e is not None]
-    failures: list[str] = []
-    limits = httpx.Limits(max_connections=max_concurrency)
-    async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout_s), limits=limits) as client:
+    failed: list[int] = []
+    errors: list[str] = []
+    async with async_client(api_key=api_key, max_concurrency=max_concurrency, timeout_s=timeout_s) as client:
 
         async def one(i: int, how: str) -> None:
             try:
                 values[i] = await _score(client, url, model, encoded[i], how, policy, counters, api_key)
             except RetryableError as exc:
-                failures.append(str(exc))
+                failed.append(i)
+                errors.append(str(exc))
 
         if mode == "auto" and todo:
-            mode = await _detect(client, url, model, encoded[todo[0]], policy, counters, api_key, values, todo[0])
+            try:
+                mode = await _detect(client, url, model, encoded[todo[0]], policy, counters, api_key, values,
+                                     todo[0])
+            except RetryableError as exc:  # the server did not answer even once: all of it stays pending
+                log.warning("learnability: the server did not answer (%s); %d scores stay pending", exc, len(todo))
+                return values, todo, [f"the server did not answer: {exc}"]
             todo = todo[1:]
         sem = asyncio.Semaphore(max_concurrency)
 
@@ -113,10 +129,10 @@ async def _score_all(base_url: str, model: str, encoded: list[Encoded | None], *
             raise _fatal(exc, api_key) from None
         except (_NotSupported, ValueError) as exc:
             raise ConfigError(f"the server's log-probs are unusable: {exc}", key="student.server_url") from None
-    if failures:
-        log.warning("learnability: %d of %d server requests failed after retries (first: %s)",
-                    len(failures), len(todo), failures[0])
-    return values
+    if failed:
+        log.warning("learnability: %d of %d server requests failed after retries and stay pending (first: %s)",
+                    len(failed), len(todo), errors[0])
+    return values, sorted(failed), errors
 
 
 async def _detect(client: httpx.AsyncClient, url: str, model: str, e: Encoded, policy: RetryPolicy,
@@ -132,8 +148,6 @@ async def _detect(client: httpx.AsyncClient, url: str, model: str, e: Encoded, p
             if exc.status in (401, 403, 404):
                 raise _fatal(exc, api_key) from None
             continue
-        except RetryableError as exc:
-            raise ConfigError(f"the server did not answer: {exc}", key="student.server_url") from None
     raise ConfigError("the server returns neither vLLM prompt_logprobs nor echoed logprobs for token-id "
                       "prompts on /v1/completions", key="student.server_url")
 
@@ -149,16 +163,34 @@ def server_learnability(base_url: str, model: str, tokenizer: Any, prompts: list
                         chat_template: str | None = None, few_shot: bool | None = None,
                         api_key: str | None = None, max_concurrency: int = 8, max_length: int = 1024,
                         mode: str = "auto", timeout_s: float = 120.0, max_retries: int = 5,
-                        backoff_base_s: float = 1.0) -> list[float | None]:
+                        backoff_base_s: float = 1.0, retry_after_max_s: float = 300.0) -> LearnabilityResult:
     """Eq. 1 per (prompt, response) from the server at `base_url` (ending in /v1) serving the student `model`.
 
-    None for an empty response and for a request that still failed after its retries (logged).
+    A value is None for an empty response; a request that still failed after its retries is listed in
+    `failed` (its value is None too), so the caller keeps it pending for the next run.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
     encoded = _Encoder(tokenizer, chat_template, few_shot, max_length)(prompts, responses)
-    policy = RetryPolicy(max_retries, backoff_base_s)
-    return asyncio.run(_score_all(base_url, model, encoded, api_key=api_key, max_concurrency=max_concurrency,
-                                  mode=mode, policy=policy, timeout_s=timeout_s))
+    policy = RetryPolicy(max_retries, backoff_base_s, retry_after_max_s=retry_after_max_s)
+    values, failed, errors = asyncio.run(_score_all(base_url, model, encoded, api_key=api_key,
+                                                    max_concurrency=max_concurrency, mode=mode, policy=policy,
+                                                    timeout_s=timeout_s))
+    lost = set(failed)
+    present = [e for i, e in enumerate(encoded) if e is not None and i not in lost]
+    return LearnabilityResult(values=values, truncated=sum(e.truncated for e in present),
+                              tokens=sum(len(e.ids) for e in present), failed=failed,
+                              errors=errors[:1])
+
+
+def student_server_learnability(student: Any, tokenizer: Any, prompts: list[str],
+                                responses: list[str]) -> LearnabilityResult:
+    """server_learnability with every setting taken from a StudentConfig (key from `api_key_env`)."""
+    api_key = read_api_key(student.api_key_env, key="student.api_key_env")
+    return server_learnability(student.server_url, student.model, tokenizer, prompts, responses,
+                               chat_template=student.chat_template, few_shot=student.few_shot, api_key=api_key,
+                               max_concurrency=student.max_concurrency, max_length=student.max_length,
+                               timeout_s=student.timeout_s, max_retries=student.max_retries,
+                               retry_after_max_s=student.retry_after_max_s)
