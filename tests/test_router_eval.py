@@ -71,3 +71,35 @@ def test_router_eval_command_learns_the_topic_map(tmp_path, capsys, tiny_lm_dir)
     # Everything is in the store now: a second run generates nothing.
     main(["router-eval", str(config), "--probe-size", "30"])
     assert "0 new" in capsys.readouterr().out
+
+
+def test_frontier_spans_route_then_generate_to_generate_then_select(tmp_path, capsys):
+    recorded_pool(tmp_path, n=60)
+    cfg = recorded_config(tmp_path, probe={"size": 20},
+                          compare={"router_eval": {"held_out": 40, "seeds": [0, 1], "budgets": [1, 2, 3]}})
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    main(["router-eval", str(config), "--kind", "ridge", "--kind", "bt", "--strategy", "random",
+          "--strategy", "diverse"])
+    assert "cost-reward frontier" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "run" / "frontier.json").read_text())
+    assert (tmp_path / "run" / "router_eval_frontier.png").stat().st_size > 10_000
+    by = {(r["method"], r["budget"]): r for r in rows}
+    oracle = by[("oracle", 3.0)]["mean_reward"]
+    for method in ("persyn ridge (random probe)", "persyn bt (diverse probe)", "top-k by probe mean"):
+        assert [by[(method, b)]["generations_per_prompt"] for b in (1.0, 2.0, 3.0)] == [1.0, 2.0, 3.0]
+        assert by[(method, 3.0)]["mean_reward"] == pytest.approx(oracle)  # budget N keeps the oracle's choice
+        assert by[(method, 3.0)]["gap_captured"] == pytest.approx(1.0)
+        assert by[(method, 2.0)]["seeds"] == 2 and len(by[(method, 2.0)]["gain_per_seed"]) == 2
+    # the topic map is learnable: the ridge router beats the probe's best single teacher at budget 1
+    assert by[("persyn ridge (random probe)", 1.0)]["gap_captured"] > 0.5
+    assert by[("best single", 1.0)]["gap_captured"] == 0.0 and by[("oracle", 3.0)]["gap_captured"] == 1.0
+
+
+def test_frontier_replays_the_cascade():
+    from persyn.frontier import cascade
+
+    S = np.array([[0.9, 0.5, 0.1], [0.2, 0.8, 0.6], [0.7, 0.6, 0.5]])
+    Q = np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    assert cascade(S, Q, 1.0, 3.0) == [[0, 1], [1], [0, 1, 2]]
+    assert cascade(S, Q, 1.0, 1.5) == [[0], [1], [0, 1]]  # 1 spare generation: the smallest margin (prompt 2)

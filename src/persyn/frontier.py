@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from persyn.budget import allocate, calibrated_reward, probe_scales
+from persyn.budget import allocate, calibrated_reward, cascade_next, probe_scales
 
 Fit = Callable[[np.ndarray, np.ndarray], Any]  # (probe rows, held-out rows) -> [held, T] router scores
 
@@ -56,10 +56,27 @@ def point(kept: np.ndarray, R: np.ndarray, best_single: int, gens: float) -> dic
             "best_single": single, "oracle": oracle}
 
 
+def cascade(S: np.ndarray, Q: np.ndarray, accept: float, budget: float) -> list[list[int]]:
+    """The generate stage's cascade replayed on known qualities: ask in router order until accepted or out of
+    budget."""
+    n = len(S)
+    asked = [[int(np.argmax(S[i]))] for i in range(n)]
+    room = int(round(budget * n))
+    while True:
+        accepted = [bool(np.any(Q[i, a] >= accept)) for i, a in enumerate(asked)]
+        nxt = cascade_next(S, asked, accepted, room - sum(map(len, asked)))
+        if all(t is None for t in nxt):
+            return asked
+        for i, t in enumerate(nxt):
+            if t is not None:
+                asked[i].append(t)
+
+
 def frontier_for_split(S: np.ndarray, probe_R: np.ndarray, probe_Q: np.ndarray, probe_L: np.ndarray,
                        R: np.ndarray, Q: np.ndarray, L: np.ndarray, alpha: float, method: str,
-                       budgets: list[float]) -> list[dict[str, Any]]:
-    """Router and top-k-by-probe-mean rows at every budget for one probe/held-out split."""
+                       budgets: list[float], accept_quality: float | None = None) -> list[dict[str, Any]]:
+    """Router and top-k-by-probe-mean rows at every budget for one probe/held-out split (and the router's
+    cascade when accept_quality is given)."""
     means = np.nanmean(np.where(np.isnan(probe_R), np.nan, probe_R), 0)
     means = np.where(np.isfinite(means), means, -np.inf)
     best = int(np.argmax(means))
@@ -70,6 +87,12 @@ def frontier_for_split(S: np.ndarray, probe_R: np.ndarray, probe_Q: np.ndarray, 
             cands = allocate(scores, b)
             kept = keep_best(cands, Q, L, alpha, method, scales, R)
             rows.append({"method": label, "budget": b,
+                         **point(kept, R, best, float(np.mean([len(c) for c in cands])))})
+    if accept_quality is not None and alpha < 1:
+        for b in budgets:
+            cands = cascade(S, Q, accept_quality, b)
+            kept = keep_best(cands, Q, L, alpha, method, scales, R)
+            rows.append({"method": f"router cascade (accept quality >= {accept_quality:g})", "budget": b,
                          **point(kept, R, best, float(np.mean([len(c) for c in cands])))})
     return rows
 

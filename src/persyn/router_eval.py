@@ -146,10 +146,11 @@ def cost_reward_frontier(cfg: RunConfig, X: np.ndarray, Q: np.ndarray, L: np.nda
                 router = _router(cfg, kind, seed)
                 router.fit(X[probe], R[probe])
                 found = frontier_for_split(router.scores(X[held]), R[probe], Q[probe], L[probe], R[held], Q[held],
-                                           L[held], cfg.reward.alpha, cfg.reward.normalization, budgets)
+                                           L[held], cfg.reward.alpha, cfg.reward.normalization, budgets,
+                                           cfg.generation.accept_quality)
                 for row in found:
-                    if row["method"] == "router":
-                        row["method"] = f"persyn {kind} ({strategy} probe)"
+                    if row["method"].startswith("router"):
+                        row["method"] = f"persyn {kind} ({strategy} probe)" + row["method"][len("router"):]
                         row["probe_size"] = len(probe)
                     elif kind != kinds[0] or strategy != strategies[0]:
                         continue
