@@ -65,6 +65,7 @@ def install(point: str, call_log: Path, pause: bool = False) -> Faults:
     import persyn.pipeline as pipeline
     from persyn.backends.base import make_backend, register_backend
     from persyn.router.bt import BTRouter
+    from persyn.router.ridge import RidgeRouter
 
     torch.set_num_threads(1)  # the same float arithmetic in every run, and kind to a shared machine
     faults = Faults(point, call_log, pause)
@@ -107,13 +108,12 @@ def install(point: str, call_log: Path, pause: bool = False) -> Faults:
 
     local.student_learnability = learnability
 
-    real_save = BTRouter.save
+    for cls in (BTRouter, RidgeRouter):
+        def save(self: Any, directory: Any, _real: Any = cls.save) -> None:
+            faults.reached("router")
+            _real(self, directory)
 
-    def save(self: BTRouter, directory: Any) -> None:
-        faults.reached("router")
-        real_save(self, directory)
-
-    BTRouter.save = save  # type: ignore[method-assign]
+        cls.save = save  # type: ignore[method-assign]
     return faults
 
 

@@ -305,7 +305,8 @@ def test_resolved_config_is_written_and_loads_back(tmp_path, prompts_file, tiny_
                             {"name": "b", "backend": "recorded", "model": str(b)}], backbone=str(tiny_lm_dir))
     run_stages(parse_config(cfg), ["probe"])
     resolved = yaml.safe_load((Path(cfg["run_dir"]) / "config.resolved.yaml").read_text())
-    assert resolved["probe"] == {"size": K, "fraction": None, "seed": 0}  # defaults written out
+    assert resolved["probe"] == {"size": K, "fraction": None, "seed": 0, "strategy": "random",
+                                 "max_size": None}  # defaults written out
     assert parse_config(resolved) == parse_config(cfg)
 
 

@@ -216,7 +216,8 @@ class RouterConfig(Strict):
     min_gain_z: float | None = Field(default=None, ge=0, description=(
         "The trained router is kept only if its held-out gain over the best single teacher exceeds this many "
         "standard errors; otherwise routing falls back to that teacher. None: the kind's default (bt: 1.64 on its "
-        "one validation split, against every single teacher; ridge: 0 on out-of-fold predictions)."))
+        "one validation split, against every single teacher; ridge: 1 on out-of-fold predictions, a margin for "
+        "the ridge strength being picked on the same folds)."))
     seed: int = Field(default=0, description="Seed of the validation split and the head's training.")
     trust_remote_code: bool = Field(default=False, description="Allow the backbone's own Python code.")
 

@@ -5,8 +5,9 @@ overfits pairwise noise), so this router predicts the combined reward directly: 
 each teacher's residual around its probe mean on the standardised prompt embedding. The ridge strength is chosen by
 K-fold cross-validation over the whole probe, by the mean reward of the teacher each fold's model routes to on the
 prompts it did not see. The same out-of-fold routing decides the fallback: unless it beats the best single teacher
-(chosen on each fold's training prompts, as a user would choose it) by `min_gain_z` standard errors, every prompt
-goes to the teacher with the best probe mean. Predictions are on the reward scale, so their margins also say where
+(chosen on each fold's training prompts, as a user would choose it) by `min_gain_z` standard errors (default 1: the
+ridge strength was picked on these same folds, so the best out-of-fold gain is optimistic), every prompt goes to
+the teacher with the best probe mean. Predictions are on the reward scale, so their margins also say where
 an extra generation is worth paying for (see persyn.budget).
 """
 
@@ -54,7 +55,7 @@ class RidgeRouter:
     kind = "ridge"
 
     def __init__(self, n_teachers: int, teacher_names: list[str], *, lambdas: list[float] | None = None,
-                 folds: int = 5, seed: int = 0, min_gain_z: float = 0.0) -> None:
+                 folds: int = 5, seed: int = 0, min_gain_z: float = 1.0) -> None:
         if n_teachers < 2 or len(teacher_names) != n_teachers:
             raise ConfigError(f"need n_teachers >= 2 names, got {n_teachers} and {len(teacher_names)} names",
                               key="teachers")
