@@ -18,7 +18,6 @@ A probe is small and its rewards are noisy, so training is guarded:
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,14 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from persyn.errors import ConfigError, InputError
-from persyn.router.base import register_router
+from persyn.router.base import WEIGHTS_FILE, read_router, register_router, write_router
 
-WEIGHTS_FILE = "router.safetensors"
-META_FILE = "router.json"
 FORMAT_VERSION = 1
 
 
@@ -271,34 +266,24 @@ class BTRouter:
     def save(self, directory: str | Path) -> None:
         if self.weight is None:
             raise InputError("router is not fitted; nothing to save")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({"weight": torch.from_numpy(np.ascontiguousarray(self.weight, dtype=np.float32)),
-                   "bias": torch.from_numpy(np.ascontiguousarray(self.bias, dtype=np.float32)),
-                   "mean": torch.from_numpy(np.ascontiguousarray(self.mean, dtype=np.float32))},
-                  str(directory / WEIGHTS_FILE))
-        meta = {"kind": self.kind, "format_version": FORMAT_VERSION, "n_teachers": self.n_teachers,
-                "teacher_names": self.teacher_names, "hparams": self.hparams,
-                "report": self.report.as_dict() if self.report else None, "meta": self.meta}
-        (directory / META_FILE).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
+        write_router(directory, {"weight": self.weight, "bias": self.bias, "mean": self.mean},
+                     {"kind": self.kind, "format_version": FORMAT_VERSION, "n_teachers": self.n_teachers,
+                      "teacher_names": self.teacher_names, "hparams": self.hparams,
+                      "report": self.report.as_dict() if self.report else None, "meta": self.meta})
 
     @classmethod
     def load(cls, directory: str | Path) -> BTRouter:
-        directory = Path(directory)
-        meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
+        meta, (weight, bias, mean) = read_router(directory, ("weight", "bias", "mean"), "BT")
         try:
-            meta = json.loads(meta_path.read_text())
-            tensors = load_file(str(weights_path))
             router = cls(meta["n_teachers"], meta["teacher_names"], **meta["hparams"])
-            weight, bias, mean = (tensors[k].numpy() for k in ("weight", "bias", "mean"))
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:  # missing, corrupt, tampered
+            report = FitReport(**meta["report"]) if meta.get("report") else None
+        except (KeyError, TypeError) as exc:
             raise InputError(f"not a saved BT router ({type(exc).__name__}: {exc})", file=str(directory)) from exc
         if weight.shape != (router.n_teachers, mean.shape[0]) or bias.shape != (router.n_teachers,):
             raise InputError(f"weight shapes {weight.shape}, {bias.shape} do not match {router.n_teachers} "
-                             "teachers", file=str(weights_path))
+                             "teachers", file=str(Path(directory) / WEIGHTS_FILE))
         router.weight, router.bias, router.mean = weight, bias, mean
-        router.report = FitReport(**meta["report"]) if meta.get("report") else None
-        router.meta = meta.get("meta") or {}
+        router.report, router.meta = report, meta.get("meta") or {}
         return router
 
 

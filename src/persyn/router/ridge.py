@@ -13,21 +13,15 @@ an extra generation is worth paying for (see persyn.budget).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from persyn.errors import ConfigError, InputError
-from persyn.router.base import register_router
+from persyn.router.base import read_router, register_router, write_router
 
-WEIGHTS_FILE = "router.safetensors"
-META_FILE = "router.json"
 DEFAULT_LAMBDAS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
@@ -141,32 +135,25 @@ class RidgeRouter:
     def save(self, directory: str | Path) -> None:
         if self.weight is None:
             raise InputError("router is not fitted; nothing to save")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {name: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for name, v in
-                   (("center", self.center), ("scale", self.scale), ("weight", self.weight), ("bias", self.bias))}
-        save_file(tensors, str(directory / WEIGHTS_FILE))
-        meta = {"kind": self.kind, "n_teachers": self.n_teachers, "teacher_names": self.teacher_names,
-                "hparams": self.hparams, "report": self.report.as_dict() if self.report else None,
-                "meta": self.meta}
-        (directory / META_FILE).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
+        write_router(directory, {"center": self.center, "scale": self.scale, "weight": self.weight,
+                                 "bias": self.bias},
+                     {"kind": self.kind, "n_teachers": self.n_teachers, "teacher_names": self.teacher_names,
+                      "hparams": self.hparams, "report": self.report.as_dict() if self.report else None,
+                      "meta": self.meta})
 
     @classmethod
     def load(cls, directory: str | Path) -> RidgeRouter:
-        directory = Path(directory)
+        meta, (center, scale, weight, bias) = read_router(directory, ("center", "scale", "weight", "bias"), "ridge")
         try:
-            meta = json.loads((directory / META_FILE).read_text())
-            tensors = load_file(str(directory / WEIGHTS_FILE))
             router = cls(meta["n_teachers"], meta["teacher_names"], **meta["hparams"])
-            center, scale, weight, bias = (tensors[k].numpy() for k in ("center", "scale", "weight", "bias"))
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+            report = RidgeReport(**meta["report"]) if meta.get("report") else None
+        except (KeyError, TypeError) as exc:
             raise InputError(f"not a saved ridge router ({type(exc).__name__}: {exc})", file=str(directory)) from exc
         if weight.shape != (center.shape[0], router.n_teachers) or bias.shape != (router.n_teachers,):
             raise InputError(f"weight shapes {weight.shape}, {bias.shape} do not match {router.n_teachers} "
-                             "teachers", file=str(directory / WEIGHTS_FILE))
+                             "teachers", file=str(directory))
         router.center, router.scale, router.weight, router.bias = center, scale, weight, bias
-        router.report = RidgeReport(**meta["report"]) if meta.get("report") else None
-        router.meta = meta.get("meta") or {}
+        router.report, router.meta = report, meta.get("meta") or {}
         return router
 
 
