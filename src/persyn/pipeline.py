@@ -289,7 +289,7 @@ def train_router_stage(run: Run) -> None:
     ).hexdigest()[:16]
     if run.store.get_meta("router_fp") == fp and (_router_dir(run) / "router.json").exists():
         return
-    X = _embedder(run).embed([p.text for p in probe])
+    X = _embedder(run).embed([p.text for p in probe], "train-router: embedding probe prompts")
     router = make_router(r.kind, n_teachers=len(run.cfg.teachers), teacher_names=run.teacher_names(),
                          **r.head_kwargs())
     report = router.fit(X, rewards)
@@ -313,7 +313,7 @@ def route_stage(run: Run) -> None:
     probe, _, _, rewards = probe_rewards(run)
     names = run.teacher_names()
     router = load_router(run)
-    X = _embedder(run).embed([p.text for p in prompts])
+    X = _embedder(run).embed([p.text for p in prompts], "route: embedding prompts")
     S = router.scores(X)
     best_probe = {p.id: _argmax_nan(rewards[i]) for i, p in enumerate(probe)}
     rows = []
@@ -390,6 +390,15 @@ def _check_model(spec: str, key: str) -> None:
                           "unpickles a checkpoint such as pytorch_model.bin", key=key)
 
 
+def record_stage_seconds(run: Run, stage: str, seconds: float) -> None:
+    """This invocation's time for a stage, merged into the run's record (meta `stage_seconds`): a stage run alone
+    updates its own entry and keeps the others'."""
+    run.stage_seconds[stage] = seconds
+    stored = run.store.get_meta("stage_seconds", {})
+    stored[stage] = round(seconds, 3)
+    run.store.set_meta("stage_seconds", stored)
+
+
 def open_run(cfg: RunConfig) -> Run:
     return Run(cfg, Store.open(cfg.run_dir), make_executor(cfg))
 
@@ -403,11 +412,15 @@ def run_stages(cfg: RunConfig, stages: tuple[str, ...] | list[str] = STAGES) -> 
             preflight(run)
             t0 = time.perf_counter()
             load_stage(run)
-            run.stage_seconds["prompts"] = time.perf_counter() - t0
+            record_stage_seconds(run, "prompts", time.perf_counter() - t0)
             for stage in stages:
                 t0 = time.perf_counter()
                 STAGE_FUNCS[stage](run)
-                run.stage_seconds[stage] = time.perf_counter() - t0
+                record_stage_seconds(run, stage, time.perf_counter() - t0)
+                if stage == "export":
+                    from persyn.export import update_stage_seconds
+
+                    update_stage_seconds(run)  # summary.json was written before export's own time was known
             return run
         finally:
             run.executor.close()
