@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+from kill_driver import EMBED_CHUNK, run_to_end
 from test_pipeline import recorded_config, recorded_pool
 
 from persyn.backends.base import GenParams, GenRequest
@@ -112,3 +114,57 @@ def test_stage_seconds_count_export_and_keep_other_stages(tmp_path, capsys):
     main(["export", str(config)])
     last = summary_seconds(tmp_path)
     assert last["route"] != first["route"] and last["probe"] == first["probe"]
+
+
+KILL_PROMPTS, KILL_PROBE = 40, 10
+
+
+def kill_config(tmp_path: Path, backbone: Path) -> Path:
+    """Two recorded teachers (behind the driver's logging backend) over 40 prompts; the router embeds with a
+    tiny causal LM, EMBED_CHUNK (4) texts per committed chunk."""
+    prompts = [f"Question {i}: how many legs do {i} spiders have?" for i in range(KILL_PROMPTS)]
+    write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": p} for p in prompts])
+    for t, q in (("a", 0.9), ("b", 0.2)):
+        write_jsonl(tmp_path / f"{t}.jsonl", [{"instruction": p, "output": f"{t}: {8 * i}", "quality": q + i / 100}
+                                               for i, p in enumerate(prompts)])
+    cfg = {
+        "run_dir": str(tmp_path / "run"),
+        "prompts": {"path": str(tmp_path / "prompts.jsonl"), "field": "instruction"},
+        "teachers": [{"name": t, "backend": "logged", "model": str(tmp_path / f"{t}.jsonl"),
+                      "extra": {"inner": "recorded"}} for t in ("a", "b")],
+        "quality": {"kind": "field"},
+        "reward": {"alpha": 0.0},
+        "probe": {"size": KILL_PROBE},
+        "router": {"backbone": str(backbone), "pooling": "last", "epochs": 5},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def encoded(log: Path) -> list[tuple[str, str]]:
+    return [tuple(line.split(" ")[1:3]) for line in log.read_text().splitlines() if line.startswith("enc ")]
+
+
+# train-router embeds the 10 probe prompts in chunks 1-3; route embeds the other 30 in chunks 4-11.
+@pytest.mark.parametrize(("point", "stage"), [("embed:2", "train-router"), ("embed:7", "route")])
+def test_a_kill_while_embedding_loses_at_most_one_chunk(tmp_path, tiny_lm_dir, point, stage):
+    """SIGKILL on entering an embedding chunk (for route: chunk 4 of its 8, half way), then a resume: every chunk
+    committed before the kill is read back from the cache; only the chunk in flight is encoded again."""
+    import sqlite3
+
+    config, log = kill_config(tmp_path, tiny_lm_dir), tmp_path / "calls.log"
+    killed = run_to_end(config, point, log)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    before = encoded(log)
+    assert before[-1][0] == stage
+    db = sqlite3.connect(tmp_path / "run" / "embeddings.sqlite")
+    cached = db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+    db.close()
+    assert cached == len(before) - EMBED_CHUNK  # every chunk but the one in flight was committed as made
+    done = run_to_end(config, "none", log)
+    assert done.returncode == 0, done.stderr[-2000:]
+    texts = [sha for _, sha in encoded(log)]
+    assert len(set(texts)) == KILL_PROMPTS
+    assert len(texts) - KILL_PROMPTS <= EMBED_CHUNK  # re-encoded: at most one chunk
+    assert len(json.loads((tmp_path / "run" / "summary.json").read_text())["dataset_missing"]) == 0
