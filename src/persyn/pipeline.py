@@ -279,8 +279,6 @@ def _router_dir(run: Run) -> Path:
 
 
 def train_router_stage(run: Run) -> None:
-    from persyn.router import make_router
-
     probe, _, _, rewards = probe_rewards(run)
     r = run.cfg.router
     fp = hashlib.sha256(
@@ -289,6 +287,8 @@ def train_router_stage(run: Run) -> None:
     ).hexdigest()[:16]
     if run.store.get_meta("router_fp") == fp and (_router_dir(run) / "router.json").exists():
         return
+    from persyn.router import make_router  # imports torch: not on a resume that has nothing to do
+
     X = _embedder(run).embed([p.text for p in probe], "train-router: embedding probe prompts")
     router = make_router(r.kind, n_teachers=len(run.cfg.teachers), teacher_names=run.teacher_names(),
                          **r.head_kwargs())
