@@ -13,11 +13,12 @@ how learnable the response is. Usually that token is the tokenizer's eos; we tak
 writes, found by rendering a probe conversation. Few-shot prompting (base models) has no end-of-turn token,
 so nothing is appended there.
 
-Speed: sequences are sorted by length and packed into right-padded batches under a token budget; the
-decoder's hidden states are sliced to the response positions before the lm_head, and log-probs are
-`logit[target] - logsumexp(logits)` over chunks of those positions, so no [batch, seq, vocab] tensor is ever
-built. Models outside the known decoder-only families fall back to the model's own forward with
-`logits_to_keep` (or plain logits).
+Speed: sequences are sorted by length and split into right-padded batches under a token budget where padding plus a
+per-batch cost is least; the known decoder-only families run without an attention mask (causal attention never
+sees the padding to the right of a token, and SDPA keeps its causal kernel); the decoder's hidden states are sliced
+to the response positions before the lm_head, and log-probs come from a fused log_softmax + gather over chunks of
+those positions, so no [batch, seq, vocab] tensor is ever built. Models outside those families fall back to the
+model's own forward, with the padding mask, and `logits_to_keep` (or plain logits).
 """
 
 from __future__ import annotations
