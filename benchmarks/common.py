@@ -74,3 +74,13 @@ def gsm8k_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
         qs.append(f"A shop sells {a} apples on Monday and {b} on Tuesday, in bags of {c}. How many apples in all?")
         ans.append(f"On both days it sells {a} + {b} = {a + b} apples. " * rng.randint(1, 4) + f"#### {a + b}")
     return qs, ans
+
+
+def alpaca_eval_pairs(n: int) -> tuple[list[str], list[str]]:
+    """Real (instruction, response) pairs from ../shared/data/alpaca_eval: instruction i answered by teacher i mod 8."""
+    files = sorted((SHARED / "alpaca_eval" / "teachers").glob("*.jsonl"))
+    if not files:
+        raise SystemExit(f"no AlpacaEval teacher files under {SHARED / 'alpaca_eval' / 'teachers'}")
+    tables = [[json.loads(line) for line in f.open()] for f in files]
+    rows = [tables[i % len(tables)][i] for i in range(n)]
+    return [r["instruction"] for r in rows], [r["output"] or "" for r in rows]

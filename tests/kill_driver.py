@@ -10,7 +10,9 @@ POINT is `none` or `WHERE:N`:
 - `probe:N` / `generate:N`: right after the N-th result of this invocation's probe / routed stage is committed
   (the pipeline asks for the next result only after storing the last one), before the next request;
 - `learnability:N`: on entering the N-th learnability chunk (SCORE_CHUNK is 4), before it is computed;
-- `router:1`: after the router is fitted, before it is saved.
+- `router:1`: after the router is fitted, before it is saved;
+- `embed:N`: on entering the N-th chunk of texts the router's embedder encodes (EMBED_CHUNK is 4), after its
+  texts are logged (`enc STAGE <sha>`) and before they are encoded and committed to the embedding cache.
 At the point the process SIGKILLs itself; with `pause` it writes CALL_LOG + ".paused" and sleeps instead, so a
 test can send it a signal or try a second run while it holds the run_dir.
 """
@@ -32,6 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PERSYN_QUIET", "1")
 
 SCORE_CHUNK = 4
+EMBED_CHUNK = 4
 
 
 class Faults:
@@ -63,6 +66,7 @@ def install(point: str, call_log: Path, pause: bool = False) -> Faults:
 
     import persyn.executors.local as local
     import persyn.pipeline as pipeline
+    import persyn.router.embed as embed
     from persyn.backends.base import make_backend, register_backend
     from persyn.router.bt import BTRouter
     from persyn.router.ridge import RidgeRouter
@@ -70,6 +74,7 @@ def install(point: str, call_log: Path, pause: bool = False) -> Faults:
     torch.set_num_threads(1)  # the same float arithmetic in every run, and kind to a shared machine
     faults = Faults(point, call_log, pause)
     pipeline.SCORE_CHUNK = SCORE_CHUNK
+    embed.EMBED_CHUNK = EMBED_CHUNK
 
     for name, func in list(pipeline.STAGE_FUNCS.items()):
         def tracked(run: Any, _name: str = name, _func: Any = func) -> Any:
@@ -107,6 +112,15 @@ def install(point: str, call_log: Path, pause: bool = False) -> Faults:
         return real_learnability(student, prompts, responses)
 
     local.student_learnability = learnability
+
+    real_encode = embed.Embedder._encode
+
+    def encode(self: Any, texts: list[str]) -> Any:
+        faults.log(*(f"enc {faults.stage} " + hashlib.sha256(t.encode()).hexdigest()[:24] for t in texts))
+        faults.reached("embed")
+        return real_encode(self, texts)
+
+    embed.Embedder._encode = encode  # type: ignore[method-assign]
 
     for cls in (BTRouter, RidgeRouter):
         def save(self: Any, directory: Any, _real: Any = cls.save) -> None:

@@ -64,6 +64,36 @@ def test_learnability_matches_naive(tiny, batch_tokens):
     assert res.tokens > sum(len(tok(r)["input_ids"]) for r in RESPONSES)  # prompts counted too
 
 
+def _greedy_longest_first(lengths: list[int], budget: int) -> list[list[int]]:
+    """The batching persyn used before: longest first, a new batch when the next row would exceed the budget."""
+    batches: list[list[int]] = []
+    for length in sorted(lengths, reverse=True):
+        if batches and (len(batches[-1]) + 1) * batches[-1][0] <= budget:
+            batches[-1].append(length)
+        else:
+            batches.append([length])
+    return batches
+
+
+def _cost(batches: list[list[int]]) -> int:
+    return sum(lmod._BATCH_COST_TOKENS + len(b) * max(b) - sum(b) for b in batches)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_batches_cover_every_row_within_budget_with_least_padding(seed):
+    import random
+
+    rng = random.Random(seed)
+    lengths = [rng.choice([rng.randint(20, 200), rng.randint(200, 1100)]) for _ in range(rng.randint(1, 90))]
+    items = [(i, lmod.Encoded(ids=[0] * n, start=1, truncated=False)) for i, n in enumerate(lengths)]
+    budget = rng.choice([1024, 4096])
+    batches = [[len(e.ids) for _, e in b] for b in lmod._batches(items, budget)]
+    assert sorted(i for b in lmod._batches(items, budget) for i, _ in b) == list(range(len(lengths)))
+    assert all(len(b) == 1 or len(b) * max(b) <= budget for b in batches)
+    assert max(batches[0]) == max(lengths)  # the longest batch first
+    assert _cost(batches) <= _cost(_greedy_longest_first(lengths, budget))
+
+
 def test_learnability_fallback_path_matches(tiny, monkeypatch):
     model, tok = tiny
     fast = learnability_scores(model, tok, PROMPTS, RESPONSES, max_length=160)

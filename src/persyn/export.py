@@ -67,10 +67,27 @@ def export_run(run: Run) -> dict[str, Any]:
 
     routed = sum(len(r.candidates) for r in routing.values() if not r.probe)
     summary = build_summary(run, prompts, probe, dataset, missing, routed)
+    _write_summary(out, summary)
+    return summary
+
+
+def _write_summary(out: Path, summary: dict[str, Any]) -> None:
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, out / "summary.json")
-    return summary
+
+
+def stage_seconds(run: Run) -> dict[str, float]:
+    """Every stage's latest time: the run's record, with this invocation's own times on top."""
+    merged = dict(run.store.get_meta("stage_seconds", {}))
+    merged.update({s: round(v, 3) for s, v in run.stage_seconds.items()})
+    return merged
+
+
+def update_stage_seconds(run: Run) -> None:
+    """Rewrite summary.json's stage_seconds once the export stage's own time is known."""
+    run.summary["stage_seconds"] = stage_seconds(run)
+    _write_summary(run.cfg.path, run.summary)
 
 
 def row_scores(run: Run, keys: list[str]) -> dict[str, dict[str, float | None]]:
@@ -85,16 +102,13 @@ def row_scores(run: Run, keys: list[str]) -> dict[str, dict[str, float | None]]:
 def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], missing: list[str],
                   routed_generations: int) -> dict[str, Any]:
     cfg, store = run.cfg, run.store
-    all_keys = {t.name: [run.keys.generation(t, p) for p in prompts] for t in cfg.teachers}
     per_teacher: dict[str, dict[str, Any]] = {}
     total_tokens = 0
     for t in cfg.teachers:
-        gens = [g for g in store.generations(all_keys[t.name]).values() if g.error is None]
-        tokens = sum(g.completion_tokens for g in gens)
-        prompt_tokens = sum(g.prompt_tokens for g in gens)
+        count, tokens, prompt_tokens, paid = store.generation_totals(run.keys.teacher(t), run.keys.params(t).as_dict())
         total_tokens += tokens
-        cost = sum(g.cost for g in gens) or (tokens + prompt_tokens) / 1000 * t.cost_per_1k_tokens
-        per_teacher[t.name] = {"generations": len(gens), "completion_tokens": tokens, "cost": round(cost, 6)}
+        cost = paid or (tokens + prompt_tokens) / 1000 * t.cost_per_1k_tokens
+        per_teacher[t.name] = {"generations": count, "completion_tokens": tokens, "cost": round(cost, 6)}
     shares = Counter(row["teacher"] for row in dataset)
     truncated = store.truncated_total("learnability", run.keys.learnability_scorer) if cfg.student else 0
     n, k, T = len(prompts), len(probe), len(cfg.teachers)
@@ -121,6 +135,6 @@ def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], mis
         "responses_truncated_for_scoring": truncated,  # by every invocation, for the current student
         "responses_truncated_this_invocation": run.truncated,
         "alpha": cfg.reward.alpha,
-        "stage_seconds": {s: round(v, 3) for s, v in run.stage_seconds.items()},
+        "stage_seconds": stage_seconds(run),
         "failed_generations": [{"prompt_id": p, "teacher": t, "error": e} for p, t, e in store.failed()],
     }

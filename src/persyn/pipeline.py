@@ -371,7 +371,8 @@ def new_router(cfg: RunConfig):
 
 def _fit_router(run: Run, probe: list[Prompt], rewards: np.ndarray):
     router = new_router(run.cfg)
-    return router, router.fit(_embedder(run).embed([p.text for p in probe]), rewards)
+    X = _embedder(run).embed([p.text for p in probe], "train-router: embedding probe prompts")
+    return router, router.fit(X, rewards)
 
 
 def load_router(run: Run):
@@ -396,7 +397,7 @@ def route_stage(run: Run) -> None:
         return
     probe, _, _, rewards = probe_rewards(run)
     names = run.teacher_names()
-    S = load_router(run).scores(_embedder(run).embed([p.text for p in prompts]))
+    S = load_router(run).scores(_embedder(run).embed([p.text for p in prompts], "route: embedding prompts"))
     best_probe = {p.id: (_argmax_nan(rewards[i]), np.flatnonzero(np.isfinite(rewards[i]))) for i, p in enumerate(probe)}
     routed = [i for i, p in enumerate(prompts) if best_probe.get(p.id, (None,))[0] is None]
     if g.accept_quality is None:
@@ -582,6 +583,15 @@ def announce_changes(run: Run, prompts: list[Prompt]) -> None:
     tmp.replace(run.run_dir / "config.resolved.yaml")
 
 
+def record_stage_seconds(run: Run, stage: str, seconds: float) -> None:
+    """This invocation's time for a stage, merged into the run's record (meta `stage_seconds`): a stage run alone
+    updates its own entry and keeps the others'."""
+    run.stage_seconds[stage] = seconds
+    stored = run.store.get_meta("stage_seconds", {})
+    stored[stage] = round(seconds, 3)
+    run.store.set_meta("stage_seconds", stored)
+
+
 def open_run(cfg: RunConfig) -> Run:
     return Run(cfg, Store.open(cfg.run_dir), make_executor(cfg))
 
@@ -595,12 +605,16 @@ def run_stages(cfg: RunConfig, stages: tuple[str, ...] | list[str] = STAGES) -> 
             preflight(run)
             t0 = time.perf_counter()
             prompts = load_stage(run)
-            run.stage_seconds["prompts"] = time.perf_counter() - t0
+            record_stage_seconds(run, "prompts", time.perf_counter() - t0)
             announce_changes(run, prompts)
             for stage in stages:
                 t0 = time.perf_counter()
                 STAGE_FUNCS[stage](run)
-                run.stage_seconds[stage] = time.perf_counter() - t0
+                record_stage_seconds(run, stage, time.perf_counter() - t0)
+                if stage == "export":
+                    from persyn.export import update_stage_seconds
+
+                    update_stage_seconds(run)  # summary.json was written before export's own time was known
             return run
         finally:
             run.executor.close()

@@ -34,8 +34,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    for lineno, _, row in jsonl_rows_at(path):
+        yield lineno, row
+
+
+def jsonl_rows_at(path: Path) -> Iterator[tuple[int, int, Any]]:
+    """(line number, byte offset of the line, parsed row) for each non-blank line of a JSONL file."""
     with path.open("rb") as fh:
+        offset = 0
         for lineno, raw in enumerate(fh, start=1):
+            at, offset = offset, offset + len(raw)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -43,7 +51,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                yield lineno, at, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InputError(f"malformed JSON: {exc.msg} (column {exc.colno})", file=str(path),
                                  line=lineno) from None

@@ -199,6 +199,17 @@ class Store:
                 out[row[0]] = Generation(*row)
         return out
 
+    def generation_totals(self, fingerprint: str, params: dict[str, Any]) -> tuple[int, int, int, float]:
+        """(generations, completion tokens, prompt tokens, cost) of one teacher's successful generations on the
+        active prompts: the rows whose keys that teacher and these parameters would make, found without hashing
+        every prompt (a prompt's id is a hash of its text)."""
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(g.completion_tokens), 0), COALESCE(SUM(g.prompt_tokens), 0), "
+            "COALESCE(SUM(g.cost), 0) FROM generations g JOIN prompts p ON p.id = g.prompt_id AND p.active = 1 "
+            "WHERE g.error IS NULL AND g.fingerprint = ? AND g.params = ?",
+            (fingerprint, json.dumps(params, sort_keys=True))).fetchone()
+        return int(row[0]), int(row[1]), int(row[2]), float(row[3])
+
     def failed(self) -> list[tuple[str, str, str]]:
         return list(self.db.execute("SELECT prompt_id, teacher, error FROM generations WHERE error IS NOT NULL"))
 

@@ -20,6 +20,7 @@ _IDENTITY_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vo
                    "special_tokens_map.json", "tokenizer.model")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 _SAMPLE_BYTES = 4 << 20
+EMBED_CHUNK = 512  # texts encoded, then committed to the cache, per step
 
 
 def resolve_backbone(spec: str, *, trust_remote_code: bool = False) -> str:
@@ -122,16 +123,25 @@ class Embedder:
     def cache_key(self, text: str) -> str:
         return hashlib.sha256(f"{self._key_prefix}\0{text}".encode()).hexdigest()
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """float32 [n, d], each row L2-normalised."""
+    def embed(self, texts: list[str], label: str = "embedding") -> np.ndarray:
+        """float32 [n, d], each row L2-normalised.
+
+        Texts missing from the cache are encoded EMBED_CHUNK at a time, and each chunk is committed to the cache as
+        soon as it is made (a kill loses at most the chunk in flight), under a progress bar with texts/s and ETA.
+        """
+        from persyn.progress import progress
+
         keys = [self.cache_key(t) for t in texts]
         found = self.cache.get_many(list(dict.fromkeys(keys)))
-        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
-        if missing:
-            vectors = self._encode(list(missing.values()))
-            new = list(zip(missing.keys(), vectors, strict=True))
-            self.cache.put_many(new)
-            found.update(new)
+        missing = list({k: t for k, t in zip(keys, texts, strict=True) if k not in found}.items())
+        chunk = EMBED_CHUNK
+        with progress(f"{label} ({self.backbone})", len(missing), unit="texts") as advance:
+            for start in range(0, len(missing), chunk):
+                part = missing[start:start + chunk]
+                new = list(zip([k for k, _ in part], self._encode([t for _, t in part]), strict=True))
+                self.cache.put_many(new)
+                found.update(new)
+                advance(len(part))
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)

@@ -17,11 +17,12 @@ Truncation: a pair longer than `max_length` keeps its start, as SFT's `keep_star
 would leave fewer than `min_response_tokens` for the response, the prompt is cut instead (its head kept: BOS,
 template, the start of the question) so that much response is still scored. Every cut pair is counted.
 
-Speed: sequences are sorted by length and packed into right-padded batches under a token budget; the
-decoder's hidden states are sliced to the response positions before the lm_head, and log-probs are
-`logit[target] - logsumexp(logits)` over chunks of those positions, so no [batch, seq, vocab] tensor is ever
-built. Models outside the known decoder-only families fall back to the model's own forward with
-`logits_to_keep` (or plain logits).
+Speed: sequences are sorted by length and split into right-padded batches under a token budget where padding plus a
+per-batch cost is least; the known decoder-only families run without an attention mask (causal attention never
+sees the padding to the right of a token, and SDPA keeps its causal kernel); the decoder's hidden states are sliced
+to the response positions before the lm_head, and log-probs come from a fused log_softmax + gather over chunks of
+those positions, so no [batch, seq, vocab] tensor is ever built. Models outside those families fall back to the
+model's own forward, with the padding mask, and `logits_to_keep` (or plain logits).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ _PLAIN_HEAD_TYPES = frozenset({
     "gemma3_text", "phi3", "olmo2", "smollm3",
 })
 _LOGIT_CHUNK_ELEMENTS = 1 << 25  # fp32 logits held at once in the head: 128 MiB
+_BATCH_COST_TOKENS = 64  # what one more batch costs, in padded tokens, when choosing where batches split
 
 
 @dataclass
@@ -135,17 +137,32 @@ class _Encoder:
 
 
 def _batches(encoded: list[tuple[int, Encoded]], batch_tokens: int) -> Iterator[list[tuple[int, Encoded]]]:
-    """Longest first; each batch's rows * longest row stays within the budget (a lone long row may exceed it)."""
-    order = sorted(encoded, key=lambda item: len(item[1].ids), reverse=True)
-    batch: list[tuple[int, Encoded]] = []
-    for item in order:
-        width = len(batch[0][1].ids) if batch else len(item[1].ids)
-        if batch and (len(batch) + 1) * width > batch_tokens:
-            yield batch
-            batch = []
-        batch.append(item)
-    if batch:
-        yield batch
+    """Length-sorted batches, each within the budget (rows * longest row; a lone long row may exceed it), split where
+    the padded tokens plus a per-batch cost are least (an exact dynamic programme over the sorted lengths)."""
+    order = sorted(encoded, key=lambda item: len(item[1].ids))
+    lengths = [len(e.ids) for _, e in order]
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: least cost of batching the j shortest rows
+    cut = [0] * (n + 1)
+    prefix = [0]
+    for length in lengths:
+        prefix.append(prefix[-1] + length)
+    for j in range(1, n + 1):
+        width = lengths[j - 1]  # the longest row of any batch that ends at row j
+        for i in range(j - 1, -1, -1):
+            rows = j - i
+            if rows > 1 and rows * width > batch_tokens:
+                break
+            cost = best[i] + _BATCH_COST_TOKENS + rows * width - (prefix[j] - prefix[i])
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    bounds = []
+    j = n
+    while j > 0:
+        bounds.append((cut[j], j))
+        j = cut[j]
+    for i, j in bounds:  # the longest batch first: memory peaks at once, not at the end
+        yield order[i:j]
 
 
 def _head_parts(model: Any) -> tuple[Any, Any, float | None] | None:
@@ -172,8 +189,8 @@ def _logprobs_from_hidden(head: Any, hidden: torch.Tensor, targets: torch.Tensor
         logits = head(hidden[s:s + chunk]).float()
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
-        tgt = targets[s:s + chunk, None]
-        out[s:s + chunk] = logits.gather(-1, tgt).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        # log_softmax + gather in one fused kernel (torch.logsumexp is several passes over the chunk)
+        out[s:s + chunk] = -torch.nn.functional.cross_entropy(logits, targets[s:s + chunk], reduction="none")
     return out
 
 
@@ -199,7 +216,10 @@ def _score_batch(model: Any, batch: list[Encoded], pad_id: int, device: torch.de
     parts = _head_parts(model)
     if parts is not None:
         decoder, head, softcap = parts
-        hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        # No attention mask: rows are right-padded and attention is causal, so a real token only ever attends to
+        # real tokens before it, and padding changes nothing that is scored. Without a mask SDPA runs its causal
+        # kernel, which skips the blocks above the diagonal (half the attention) and needs no [b, 1, s, s] mask.
+        hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
         logp = _logprobs_from_hidden(head, hidden[row_t, col_t - 1], targets, softcap)
     elif "logits_to_keep" in inspect.signature(model.forward).parameters:
         first = int(col_t.min()) - 1
