@@ -158,7 +158,7 @@ def test_run_loads_safetensors_only_and_no_remote_code_unless_asked(tmp_path, mo
     assert sorted(p.name for p in router_dir.iterdir()) == ["router.json", "router.safetensors"]
     json.loads((router_dir / "router.json").read_text())
     with safe_open(str(router_dir / "router.safetensors"), framework="pt") as f:
-        assert set(f.keys()) == {"weight", "bias", "mean"}
+        assert set(f.keys()) == {"center", "scale", "weight", "bias"}  # the default ridge router
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
             assert not path.read_bytes().startswith(PICKLE_MAGIC), path
