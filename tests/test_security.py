@@ -166,7 +166,7 @@ def test_run_loads_safetensors_only_and_no_remote_code_unless_asked(tmp_path, mo
     # A router whose weights were swapped for a pickle is refused, and the pickle is never run.
     marker = tmp_path / "pickle-code-ran"
     (router_dir / "router.safetensors").write_bytes(pickle.dumps(Trap(marker)))
-    with pytest.raises(InputError, match="not a saved BT router"):
+    with pytest.raises(InputError, match="not a saved ridge router"):
         load_router(router_dir)
     assert not marker.exists()
 
