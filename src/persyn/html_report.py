@@ -103,14 +103,11 @@ def plots(teachers: list[str], summary: dict[str, Any], scores: list[dict[str, A
         out["router"] = _png(fig)
 
     if frontier:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for row in frontier:
-            ax.scatter(row["generations_per_prompt"], row["mean_reward"])
-            ax.annotate(str(row["method"]), (row["generations_per_prompt"], row["mean_reward"]),
-                        xytext=(4, 4), textcoords="offset points", fontsize=8)
-        ax.set_xlabel("teacher generations per prompt")
-        ax.set_ylabel("mean reward")
-        out["frontier"] = _png(fig)
+        from persyn.frontier import plot
+
+        buf = io.BytesIO()  # one line per method (a point for single-budget baselines), as router-eval draws it
+        plot(frontier, buf, "cost-reward frontier on held-out prompts")
+        out["frontier"] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
     return out
 
 
