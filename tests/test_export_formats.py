@@ -197,3 +197,13 @@ def test_non_string_teacher_licence_is_one_line(run, tmp_path, capsys, licence):
     path.write_text(yaml.safe_dump(cfg))
     msg = cli_error(capsys, ["export", str(path), "--format", "messages"])
     assert "teachers[beta].license" in msg and "string" in msg
+
+
+def test_rows_holding_line_separators_read_back_whole(tmp_path):
+    """JSON leaves U+2028 and U+0085 unescaped; str.splitlines would cut such a row in two (seen at 20K prompts)."""
+    from persyn.html_report import _jsonl
+
+    rows = [{"id": "a", "text": "one\u2028two\x85three"}, {"id": "b", "text": "plain"}]
+    path = tmp_path / "dataset.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert _jsonl(path) == rows

@@ -58,7 +58,7 @@ def import_batch_results(path: str | Path, *, cost_per_1k_tokens: float = 0.0) -
         raise InputError(f"not UTF-8 (byte {exc.start})", file=str(p)) from None
     results: list[GenResult] = []
     seen: set[str] = set()
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):  # JSON Lines: not str.splitlines (U+2028)
         if not raw.strip():
             continue
         result = _parse_line(raw, cost_per_1k_tokens, file=str(p), line=number)

@@ -8,8 +8,7 @@ from pathlib import Path
 from persyn.batch_api import export_batch, import_batch_results
 from persyn.config import RunConfig
 from persyn.errors import ConfigError
-from persyn.pipeline import load_stage, open_run, pending_requests, stage_pairs, store_result
-from persyn.store import RunLock
+from persyn.pipeline import load_stage, opened_run, pending_requests, stage_pairs, store_result
 
 log = logging.getLogger(__name__)
 STAGES = ("probe", "generate")
@@ -24,17 +23,13 @@ def export_pending(cfg: RunConfig, stage: str, out_dir: Path) -> dict[str, tuple
     """One Batch JSONL file per teacher with requests pending in `stage`; returns teacher -> (file, lines)."""
     _check_stage(stage)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(cfg.path):
-        run = open_run(cfg)
-        try:
-            load_stage(run)
-            written = {}
-            for name, reqs in pending_requests(run, stage_pairs(run, stage)).items():
-                path = out_dir / f"{stage}-{name}.jsonl"
-                written[name] = (path, export_batch(reqs, cfg.teacher(name), path))
-            return written
-        finally:
-            run.store.close()
+    with opened_run(cfg) as run:
+        load_stage(run)
+        written = {}
+        for name, reqs in pending_requests(run, stage_pairs(run, stage)).items():
+            path = out_dir / f"{stage}-{name}.jsonl"
+            written[name] = (path, export_batch(reqs, cfg.teacher(name), path))
+        return written
 
 
 def import_results(cfg: RunConfig, stage: str, teacher: str, results_path: Path) -> dict[str, int]:
@@ -43,20 +38,16 @@ def import_results(cfg: RunConfig, stage: str, teacher: str, results_path: Path)
     if teacher not in {t.name for t in cfg.teachers}:
         raise ConfigError(f"no teacher named {teacher!r}", key="teachers")
     t = cfg.teacher(teacher)
-    with RunLock(cfg.path):
-        run = open_run(cfg)
-        try:
-            load_stage(run)
-            pending = {r.key: r for r in pending_requests(run, stage_pairs(run, stage)).get(teacher, [])}
-            counts = {"stored": 0, "failed": 0, "not_pending": 0}
-            for result in import_batch_results(results_path, cost_per_1k_tokens=t.cost_per_1k_tokens):
-                req = pending.get(result.key)
-                if req is None:  # already stored, or from another stage or teacher: never stored twice
-                    counts["not_pending"] += 1
-                    continue
-                store_result(run, t, req, result)
-                counts["stored" if result.error is None else "failed"] += 1
-            counts["still_pending"] = len(pending) - counts["stored"]
-            return counts
-        finally:
-            run.store.close()
+    with opened_run(cfg) as run:
+        load_stage(run)
+        pending = {r.key: r for r in pending_requests(run, stage_pairs(run, stage)).get(teacher, [])}
+        counts = {"stored": 0, "failed": 0, "not_pending": 0}
+        for result in import_batch_results(results_path, cost_per_1k_tokens=t.cost_per_1k_tokens):
+            req = pending.get(result.key)
+            if req is None:  # already stored, or from another stage or teacher: never stored twice
+                counts["not_pending"] += 1
+                continue
+            store_result(run, t, req, result)
+            counts["stored" if result.error is None else "failed"] += 1
+        counts["still_pending"] = len(pending) - counts["stored"]
+        return counts

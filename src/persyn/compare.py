@@ -16,8 +16,7 @@ from typing import Any
 
 from persyn.config import RunConfig
 from persyn.errors import ConfigError
-from persyn.pipeline import STAGES, load_stage, open_run, rewards_for, run_stages
-from persyn.store import RunLock
+from persyn.pipeline import STAGES, load_stage, opened_run, rewards_for, run_stages
 from persyn.strategies import SelectionContext, build_dataset, make_strategy, selected_rewards
 
 log = logging.getLogger(__name__)
@@ -30,23 +29,18 @@ def compare_dir(cfg: RunConfig) -> Path:
 def select_all(cfg: RunConfig, strategies: list[str]) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Build every strategy's dataset; returns per-strategy summaries and the known rewards of chosen responses."""
     run_stages(cfg, STAGES if "persyn" in strategies else ("probe", "score"))
-    with RunLock(cfg.path):
-        run = open_run(cfg)
-        try:
-            prompts = load_stage(run)
-            ctx = SelectionContext(run, prompts, cfg.compare)
-            summaries, selections = {}, {}
-            for name in strategies:
-                before = run.generated
-                selection = make_strategy(name).select(ctx)
-                selections[name] = selection
-                summaries[name] = build_dataset(ctx, selection, compare_dir(cfg) / name)
-                summaries[name]["generated_now"] = run.generated - before
-            rewards = rewards_for(run, prompts)[2]  # only what is scored; nothing is generated here
-            dist = {n: selected_rewards(s, run.teacher_names(), rewards).tolist() for n, s in selections.items()}
-        finally:
-            run.executor.close()
-            run.store.close()
+    with opened_run(cfg) as run:
+        prompts = load_stage(run)
+        ctx = SelectionContext(run, prompts, cfg.compare)
+        summaries, selections = {}, {}
+        for name in strategies:
+            before = run.generated
+            selection = make_strategy(name).select(ctx)
+            selections[name] = selection
+            summaries[name] = build_dataset(ctx, selection, compare_dir(cfg) / name)
+            summaries[name]["generated_now"] = run.generated - before
+        rewards = rewards_for(run, prompts)[2]  # only what is scored; nothing is generated here
+        dist = {n: selected_rewards(s, run.teacher_names(), rewards).tolist() for n, s in selections.items()}
     return summaries, dist
 
 

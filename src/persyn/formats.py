@@ -6,14 +6,14 @@ null where the row was not scored) as extra columns, which TRL, LLaMA-Factory an
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 from persyn.config import RunConfig
-from persyn.errors import InputError, PersynError
+from persyn.errors import PersynError
+from persyn.prompts import jsonl_rows_at
 
 FORMATS = ("messages", "prompt-completion", "sharegpt", "alpaca", "hf")
 META = ("id", "teacher", "source", "quality", "learnability")
@@ -40,13 +40,7 @@ def run_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     path = cfg.path / "dataset.jsonl"
     if not path.is_file():
         raise PersynError(f"{cfg.run_dir}: nothing to export yet; run `persyn run` with this config first")
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise InputError("malformed JSON", file=str(path), line=i) from None
+    rows = [row for _, _, row in jsonl_rows_at(path)]
     if not rows:
         raise PersynError(f"{path}: the run has no dataset rows yet; run `persyn run` with this config first")
     return rows

@@ -25,16 +25,11 @@ METRICS = ("quality", "learnability", "reward")
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise InputError("malformed JSON", file=str(path), line=i) from None
-    return rows
+    """The rows of a JSONL file, split on newlines only (str.splitlines would also split inside a text that holds
+    U+2028 or U+0085, which JSON leaves unescaped)."""
+    from persyn.prompts import jsonl_rows_at
+
+    return [row for _, _, row in jsonl_rows_at(path)] if path.is_file() else []
 
 
 def example_rows(dataset: list[dict[str, Any]], per_teacher: int = ROWS_PER_TEACHER) -> list[dict[str, Any]]:

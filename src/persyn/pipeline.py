@@ -6,7 +6,8 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -596,26 +597,33 @@ def open_run(cfg: RunConfig) -> Run:
     return Run(cfg, Store.open(cfg.run_dir), make_executor(cfg))
 
 
-def run_stages(cfg: RunConfig, stages: tuple[str, ...] | list[str] = STAGES) -> Run:
-    """Run the given stages in order under the run_dir lock; every stage resumes from the store."""
+@contextmanager
+def opened_run(cfg: RunConfig) -> Iterator[Run]:
+    """The one run context: the run_dir lock, the store and the executor, closed once on the way out."""
     cfg.path.mkdir(parents=True, exist_ok=True)
     with RunLock(cfg.path):
         run = open_run(cfg)
         try:
-            preflight(run)
-            t0 = time.perf_counter()
-            prompts = load_stage(run)
-            record_stage_seconds(run, "prompts", time.perf_counter() - t0)
-            announce_changes(run, prompts)
-            for stage in stages:
-                t0 = time.perf_counter()
-                STAGE_FUNCS[stage](run)
-                record_stage_seconds(run, stage, time.perf_counter() - t0)
-                if stage == "export":
-                    from persyn.export import update_stage_seconds
-
-                    update_stage_seconds(run)  # summary.json was written before export's own time was known
-            return run
+            yield run
         finally:
             run.executor.close()
             run.store.close()
+
+
+def run_stages(cfg: RunConfig, stages: tuple[str, ...] | list[str] = STAGES) -> Run:
+    """Run the given stages in order under the run_dir lock; every stage resumes from the store."""
+    with opened_run(cfg) as run:
+        preflight(run)
+        t0 = time.perf_counter()
+        prompts = load_stage(run)
+        record_stage_seconds(run, "prompts", time.perf_counter() - t0)
+        announce_changes(run, prompts)
+        for stage in stages:
+            t0 = time.perf_counter()
+            STAGE_FUNCS[stage](run)
+            record_stage_seconds(run, stage, time.perf_counter() - t0)
+            if stage == "export":
+                from persyn.export import update_stage_seconds
+
+                update_stage_seconds(run)  # summary.json was written before export's own time was known
+        return run

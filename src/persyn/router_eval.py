@@ -22,11 +22,10 @@ from persyn.config import RunConfig
 from persyn.errors import ConfigError
 from persyn.frontier import baseline_points, default_budgets, frontier_for_split, plot, summarise
 from persyn.keys import draw_probe
-from persyn.pipeline import generate_pairs, load_stage, open_run, rewards_for, router_gain, score_prompts
+from persyn.pipeline import generate_pairs, load_stage, opened_run, rewards_for, router_gain, score_prompts
 from persyn.probe import kcenter_order
 from persyn.prompts import Prompt
 from persyn.router import Embedder, make_router, routed_metrics
-from persyn.store import RunLock
 
 
 def column_means(R: np.ndarray) -> np.ndarray:
@@ -85,43 +84,37 @@ def router_eval(cfg: RunConfig, *, backbones: list[str] | None = None, probe_siz
     opts = cfg.compare.router_eval
     backbones = backbones or opts.backbones or [cfg.router.backbone]
     held_n = held_out or opts.held_out
-    cfg.path.mkdir(parents=True, exist_ok=True)
-    with RunLock(cfg.path):
-        run = open_run(cfg)
-        try:
-            prompts = load_stage(run)
-            probe_ids = run.store.probe_ids()
-            sizes = sorted(set(probe_sizes or opts.probe_sizes or [len(probe_ids)]))
-            pool, held = split_prompts(prompts, probe_ids, held_n, max(sizes), opts.seed)
-            pairs = [(p, t) for p in pool + held for t in cfg.teachers]
-            generate_pairs(run, pairs, "router-eval")
-            score_prompts(run, pool + held, "router-eval")
-            R_pool, R_held = rewards_for(run, pool)[2], rewards_for(run, held)[2]
-            names = run.teacher_names()
-            results = []
-            for backbone in backbones:
-                X_pool, X_held = _embed(cfg, backbone, pool, held)
-                for k in sizes:
-                    r = cfg.router
-                    router = make_router(r.kind, n_teachers=len(names), teacher_names=names, **r.head_kwargs())
-                    report = router.fit(X_pool[:k], R_pool[:k])
-                    metrics = routing_metrics(router.scores(X_held), R_held, R_pool[:k], names)
-                    results.append({"backbone": backbone, "probe_size": k, **metrics,
-                                    "fallback_to_bias": getattr(report, "fallback_to_bias", None)})
-            evaluated = pool[:max(sizes)] + held
-            Q, L, R = rewards_for(run, evaluated)
-            X = np.concatenate(_embed(cfg, backbones[0], pool[:max(sizes)], held))
-            frontier = cost_reward_frontier(cfg, X, Q, L, R, max(sizes), kinds or opts.kinds or [cfg.router.kind],
-                                            strategies or opts.probe_strategies or [cfg.probe.strategy],
-                                            opts.seeds or [opts.seed], opts.budgets or default_budgets(len(names)))
-            out = {"teachers": names, "held_out": len(held), "alpha": cfg.reward.alpha,
-                   "generations_this_invocation": run.generated,
-                   "generations_needed": len(pairs), "results": results,
-                   "frontier": {"backbone": backbones[0], "probe_size": max(sizes),
-                                "held_out": len(evaluated) - max(sizes), "rows": frontier}}
-        finally:
-            run.executor.close()
-            run.store.close()
+    with opened_run(cfg) as run:
+        prompts = load_stage(run)
+        probe_ids = run.store.probe_ids()
+        sizes = sorted(set(probe_sizes or opts.probe_sizes or [len(probe_ids)]))
+        pool, held = split_prompts(prompts, probe_ids, held_n, max(sizes), opts.seed)
+        pairs = [(p, t) for p in pool + held for t in cfg.teachers]
+        generate_pairs(run, pairs, "router-eval")
+        score_prompts(run, pool + held, "router-eval")
+        R_pool, R_held = rewards_for(run, pool)[2], rewards_for(run, held)[2]
+        names = run.teacher_names()
+        results = []
+        for backbone in backbones:
+            X_pool, X_held = _embed(cfg, backbone, pool, held)
+            for k in sizes:
+                r = cfg.router
+                router = make_router(r.kind, n_teachers=len(names), teacher_names=names, **r.head_kwargs())
+                report = router.fit(X_pool[:k], R_pool[:k])
+                metrics = routing_metrics(router.scores(X_held), R_held, R_pool[:k], names)
+                results.append({"backbone": backbone, "probe_size": k, **metrics,
+                                "fallback_to_bias": getattr(report, "fallback_to_bias", None)})
+        evaluated = pool[:max(sizes)] + held
+        Q, L, R = rewards_for(run, evaluated)
+        X = np.concatenate(_embed(cfg, backbones[0], pool[:max(sizes)], held))
+        frontier = cost_reward_frontier(cfg, X, Q, L, R, max(sizes), kinds or opts.kinds or [cfg.router.kind],
+                                        strategies or opts.probe_strategies or [cfg.probe.strategy],
+                                        opts.seeds or [opts.seed], opts.budgets or default_budgets(len(names)))
+        out = {"teachers": names, "held_out": len(held), "alpha": cfg.reward.alpha,
+               "generations_this_invocation": run.generated,
+               "generations_needed": len(pairs), "results": results,
+               "frontier": {"backbone": backbones[0], "probe_size": max(sizes),
+                            "held_out": len(evaluated) - max(sizes), "rows": frontier}}
     out_path = out_path or cfg.path / "router_eval.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
