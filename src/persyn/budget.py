@@ -92,3 +92,18 @@ def calibrated_reward(quality: np.ndarray, learnability: np.ndarray | None, alph
     if alpha >= 1:
         return l_
     return (1 - alpha) * q + alpha * l_
+
+
+def best_candidate(quality: np.ndarray, learnability: np.ndarray | None, alpha: float, scales: tuple[float, float],
+                   *, empty: np.ndarray | None = None, full: np.ndarray | None = None) -> int:
+    """Position of the candidate to keep: by `full` (the probe's exact Eq. 2 row, when every teacher answered) or
+    else by the calibrated reward, where an empty response ranks last; an unscored candidate never wins."""
+    if full is None:
+        q = np.asarray(quality, dtype=np.float64)
+        value = calibrated_reward(q if alpha < 1 else np.zeros(len(q)), learnability if alpha > 0 else None, alpha,
+                                  scales)
+        if empty is not None:
+            value = np.where(empty, -np.inf, value)
+    else:
+        value = np.asarray(full, dtype=np.float64)
+    return int(np.argmax(np.where(np.isnan(value), -np.inf, value)))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from persyn.budget import allocate, calibrated_reward, cascade_next, probe_scales
+from persyn.budget import allocate, best_candidate, cascade_next, probe_scales
 
 Fit = Callable[[np.ndarray, np.ndarray], Any]  # (probe rows, held-out rows) -> [held, T] router scores
 
@@ -25,21 +25,12 @@ def default_budgets(n_teachers: int) -> list[float]:
     return sorted({1.0, 1.5, 2.0, *map(float, range(3, n_teachers + 1))})
 
 
-def keep_best(cands: list[list[int]], Q: np.ndarray, L: np.ndarray, alpha: float, method: str,
-              scales: tuple[float, float], R_full: np.ndarray) -> np.ndarray:
-    """Index of the kept candidate per prompt: the full Eq. 2 when all N answered, else the calibrated reward."""
+def keep_best(cands: list[list[int]], Q: np.ndarray, L: np.ndarray, alpha: float, scales: tuple[float, float],
+              R_full: np.ndarray) -> np.ndarray:
+    """The kept teacher per prompt, by the generate stage's rule (persyn.budget.best_candidate)."""
     T = Q.shape[1]
-    kept = np.zeros(len(cands), dtype=np.int64)
-    for i, c in enumerate(cands):
-        if len(c) == T:
-            row = np.where(np.isnan(R_full[i]), -np.inf, R_full[i])
-            kept[i] = int(np.argmax(row))
-            continue
-        q = Q[i, c] if alpha < 1 else np.zeros(len(c))
-        value = calibrated_reward(q, L[i, c] if alpha > 0 else None, alpha, scales)
-        value = np.where(np.isnan(value), -np.inf, value)
-        kept[i] = c[int(np.argmax(value))]
-    return kept
+    return np.array([c[best_candidate(Q[i, c], L[i, c], alpha, scales, full=R_full[i, c] if len(c) == T else None)]
+                     for i, c in enumerate(cands)], dtype=np.int64)
 
 
 def point(kept: np.ndarray, R: np.ndarray, best_single: int, gens: float) -> dict[str, float]:
@@ -85,13 +76,13 @@ def frontier_for_split(S: np.ndarray, probe_R: np.ndarray, probe_Q: np.ndarray, 
     for label, scores in (("router", S), ("top-k by probe mean", np.tile(means, (len(R), 1)))):
         for b in budgets:
             cands = allocate(scores, b)
-            kept = keep_best(cands, Q, L, alpha, method, scales, R)
+            kept = keep_best(cands, Q, L, alpha, scales, R)
             rows.append({"method": label, "budget": b,
                          **point(kept, R, best, float(np.mean([len(c) for c in cands])))})
     if accept_quality is not None and alpha < 1:
         for b in budgets:
             cands = cascade(S, Q, accept_quality, b)
-            kept = keep_best(cands, Q, L, alpha, method, scales, R)
+            kept = keep_best(cands, Q, L, alpha, scales, R)
             rows.append({"method": f"router cascade (accept quality >= {accept_quality:g})", "budget": b,
                          **point(kept, R, best, float(np.mean([len(c) for c in cands])))})
     return rows

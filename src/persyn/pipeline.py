@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -363,11 +364,13 @@ def train_router_stage(run: Run) -> None:
         log.warning("router falls back to the best single teacher %s: %s", report.best_single_teacher, reason)
 
 
-def new_router(cfg: RunConfig):
+def new_router(cfg: RunConfig, **override: Any):
+    """An unfitted router of this config's kind and settings (`override`: router fields, e.g. kind or seed)."""
     from persyn.router import make_router
 
-    return make_router(cfg.router.kind, n_teachers=len(cfg.teachers), teacher_names=[t.name for t in cfg.teachers],
-                       **cfg.router.head_kwargs())
+    r = cfg.router.model_copy(update=override)
+    return make_router(r.kind, n_teachers=len(cfg.teachers), teacher_names=[t.name for t in cfg.teachers],
+                       **r.head_kwargs())
 
 
 def _fit_router(run: Run, probe: list[Prompt], rewards: np.ndarray):
@@ -464,7 +467,7 @@ def _cascade(run: Run) -> None:
 
 def select_candidates(run: Run) -> None:
     """Keep each routed prompt's best candidate by the probe's combined reward (see persyn.budget for the scale)."""
-    from persyn.budget import calibrated_reward, probe_scales
+    from persyn.budget import best_candidate, probe_scales
     from persyn.scoring.reward import reward_matrix
 
     cfg, names = run.cfg, run.teacher_names()
@@ -486,15 +489,11 @@ def select_candidates(run: Run) -> None:
             continue
         q, l_ = quality[i, ok], learn[i, ok]
         empty = np.array([not (gens[keys[i][j]].text or "").strip() for j in ok])
+        full = None
         if len(ok) == len(names):  # every teacher answered: exactly the probe's Eq. 2
-            value = reward_matrix(q[None] if alpha < 1 else np.zeros((1, len(ok))),
-                                  l_[None] if alpha > 0 else None, alpha, method, worst=empty[None])[0]
-        else:
-            value = calibrated_reward(q if alpha < 1 else np.zeros(len(ok)), l_ if alpha > 0 else None, alpha,
-                                      scales)
-            value = np.where(empty, -np.inf, value)
-        value = np.where(np.isnan(value), -np.inf, value)
-        best = names[ok[int(np.argmax(value))]] if np.isfinite(value).any() else names[ok[0]]
+            full = reward_matrix(q[None] if alpha < 1 else np.zeros((1, len(ok))),
+                                 l_[None] if alpha > 0 else None, alpha, method, worst=empty[None])[0]
+        best = names[ok[best_candidate(q, l_, alpha, scales, empty=empty, full=full)]]
         if best != r.teacher:
             updates[p.id] = (best, r.candidates)
     if updates:

@@ -22,10 +22,10 @@ from persyn.config import RunConfig
 from persyn.errors import ConfigError
 from persyn.frontier import baseline_points, default_budgets, frontier_for_split, plot, summarise
 from persyn.keys import draw_probe
-from persyn.pipeline import generate_pairs, load_stage, opened_run, rewards_for, router_gain, score_prompts
+from persyn.pipeline import generate_pairs, load_stage, new_router, opened_run, rewards_for, router_gain, score_prompts
 from persyn.probe import kcenter_order
 from persyn.prompts import Prompt
-from persyn.router import Embedder, make_router, routed_metrics
+from persyn.router import Embedder, routed_metrics
 
 
 def column_means(R: np.ndarray) -> np.ndarray:
@@ -98,8 +98,7 @@ def router_eval(cfg: RunConfig, *, backbones: list[str] | None = None, probe_siz
         for backbone in backbones:
             X_pool, X_held = _embed(cfg, backbone, pool, held)
             for k in sizes:
-                r = cfg.router
-                router = make_router(r.kind, n_teachers=len(names), teacher_names=names, **r.head_kwargs())
+                router = new_router(cfg)
                 report = router.fit(X_pool[:k], R_pool[:k])
                 metrics = routing_metrics(router.scores(X_held), R_held, R_pool[:k], names)
                 results.append({"backbone": backbone, "probe_size": k, **metrics,
@@ -136,7 +135,7 @@ def cost_reward_frontier(cfg: RunConfig, X: np.ndarray, Q: np.ndarray, L: np.nda
             probe = _probe_rows(cfg, X, R, k, strategy, seed, kinds[0])
             held = np.setdiff1d(np.arange(len(R)), probe)
             for kind in kinds:
-                router = _router(cfg, kind, seed)
+                router = new_router(cfg, kind=kind, seed=seed)
                 router.fit(X[probe], R[probe])
                 found = frontier_for_split(router.scores(X[held]), R[probe], Q[probe], L[probe], R[held], Q[held],
                                            L[held], cfg.reward.alpha, cfg.reward.normalization, budgets,
@@ -155,12 +154,6 @@ def cost_reward_frontier(cfg: RunConfig, X: np.ndarray, Q: np.ndarray, L: np.nda
     return summarise(per_seed)
 
 
-def _router(cfg: RunConfig, kind: str, seed: int):
-    r = cfg.router.model_copy(update={"kind": kind, "seed": seed})
-    return make_router(kind, n_teachers=len(cfg.teachers), teacher_names=[t.name for t in cfg.teachers],
-                       **r.head_kwargs())
-
-
 def _probe_rows(cfg: RunConfig, X: np.ndarray, R: np.ndarray, k: int, strategy: str, seed: int,
                 kind: str) -> np.ndarray:
     """Row indices of a probe of at most k prompts: a seeded draw, k-center (diverse), or adaptive: from k/4 in
@@ -175,7 +168,7 @@ def _probe_rows(cfg: RunConfig, X: np.ndarray, R: np.ndarray, k: int, strategy: 
         return order[:k]
 
     def gain(size: int) -> float:
-        return router_gain(_router(cfg, kind, seed).fit(X[order[:size]], R[order[:size]]))
+        return router_gain(new_router(cfg, kind=kind, seed=seed).fit(X[order[:size]], R[order[:size]]))
 
     step = max(2, k // 4)
     size, best = step, gain(step)
