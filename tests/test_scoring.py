@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import torch
@@ -62,6 +63,38 @@ def test_learnability_matches_naive(tiny, batch_tokens):
     assert len(set(res.values[:-1])) == len(RESPONSES) - 1  # in input order, not batch order
     _check_against_naive(model, tok, res, 160)
     assert res.tokens > sum(len(tok(r)["input_ids"]) for r in RESPONSES)  # prompts counted too
+
+
+def test_cpu_streams_give_the_single_stream_values(tiny):
+    """Several threads: batches run in parallel single-threaded streams; the values are those of one stream, the
+    process's thread count comes back, and a failing batch raises instead of leaving a hole."""
+    model, tok = tiny
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = learnability_scores(model, tok, PROMPTS, RESPONSES, max_length=160, batch_tokens=300)
+        torch.set_num_threads(2)
+        seen: set[str] = set()
+        forward = model.model.forward
+
+        def spy(*args, **kwargs):
+            seen.add(threading.current_thread().name)
+            return forward(*args, **kwargs)
+
+        model.model.forward = spy
+        try:
+            two = learnability_scores(model, tok, PROMPTS, RESPONSES, max_length=160, batch_tokens=300)
+        finally:
+            del model.model.forward
+        assert len([n for n in seen if n.startswith("persyn-score")]) == 2  # both streams took batches
+        assert two.values == pytest.approx(one.values, abs=1e-6) and torch.get_num_threads() == 2
+        model.model.forward = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("batch failed"))
+        with pytest.raises(RuntimeError, match="batch failed"):
+            learnability_scores(model, tok, PROMPTS, RESPONSES, max_length=160, batch_tokens=300)
+        assert torch.get_num_threads() == 2
+    finally:
+        model.model.__dict__.pop("forward", None)
+        torch.set_num_threads(threads)
 
 
 def _greedy_longest_first(lengths: list[int], budget: int) -> list[list[int]]:

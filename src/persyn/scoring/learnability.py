@@ -22,13 +22,16 @@ per-batch cost is least; the known decoder-only families run without an attentio
 sees the padding to the right of a token, and SDPA keeps its causal kernel); the decoder's hidden states are sliced
 to the response positions before the lm_head, and log-probs come from a fused log_softmax + gather over chunks of
 those positions, so no [batch, seq, vocab] tensor is ever built. Models outside those families fall back to the
-model's own forward, with the padding mask, and `logits_to_keep` (or plain logits).
+model's own forward, with the padding mask, and `logits_to_keep` (or plain logits). On a CPU with several threads,
+batches run in single-threaded streams, one per thread, rather than one stream with every op split across threads.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +47,7 @@ _PLAIN_HEAD_TYPES = frozenset({
 })
 _LOGIT_CHUNK_ELEMENTS = 1 << 25  # fp32 logits held at once in the head: 128 MiB
 _BATCH_COST_TOKENS = 64  # what one more batch costs, in padded tokens, when choosing where batches split
+_MAX_CPU_STREAMS = 8  # each stream holds one batch's activations
 
 
 @dataclass
@@ -236,6 +240,28 @@ def _score_batch(model: Any, batch: list[Encoded], pad_id: int, device: torch.de
     return (sums / counts).tolist()
 
 
+def _cpu_streams(device: torch.device) -> int:
+    """On a CPU with several threads, one single-threaded stream of batches per thread instead of one stream whose
+    every op is split across the threads: a small model's matrices are too small for the split to pay for its
+    synchronisation (and a busy core stalls every op of a split stream). Values are the same: each batch is
+    computed alone, as before."""
+    return 1 if device.type != "cpu" else max(1, min(torch.get_num_threads(), _MAX_CPU_STREAMS))
+
+
+@contextmanager
+def _stream_pool(streams: int) -> Iterator[ThreadPoolExecutor | None]:
+    if streams < 2:
+        yield None
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // streams))  # what each stream's ops use (read when a thread starts)
+    try:
+        with ThreadPoolExecutor(streams, thread_name_prefix="persyn-score") as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
@@ -264,11 +290,30 @@ def learnability_scores(model: Any, tokenizer: Any, prompts: list[str], response
     values: list[float | None] = [None] * len(prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = _device(model)
-    with _EvalMode(model), torch.inference_mode():
-        for batch in _batches(present, batch_tokens):
-            scores = _score_batch(model, [e for _, e in batch], pad_id, device)
-            for (i, _), score in zip(batch, scores, strict=True):
-                values[i] = score
+    streams = _cpu_streams(device)
+    # Each stream's batches get its share of the token budget: the same memory in all, and enough batches for the
+    # streams to stay busy to the end.
+    batches = list(_batches(present, max(1, batch_tokens // streams)))
+    streams = min(streams, len(batches))
+
+    def score(batch: list[tuple[int, Encoded]]) -> None:
+        with torch.inference_mode():  # thread-local, so entered in every stream
+            for (i, _), value in zip(batch, _score_batch(model, [e for _, e in batch], pad_id, device), strict=True):
+                values[i] = value
+
+    with _EvalMode(model), _stream_pool(streams) as pool:
+        if pool is None:
+            for batch in batches:
+                score(batch)
+        else:  # batches are taken longest first, by whichever stream is free
+            futures = [pool.submit(score, batch) for batch in batches]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
     return LearnabilityResult(values=values, truncated=sum(e.truncated for _, e in present),
                               tokens=sum(len(e.ids) for _, e in present))
 
