@@ -11,11 +11,12 @@ import yaml
 from kill_driver import EMBED_CHUNK, run_to_end
 from test_pipeline import recorded_config, recorded_pool
 
+from persyn import pipeline
 from persyn.backends.base import GenParams, GenRequest
 from persyn.backends.recorded import RecordedBackend
 from persyn.cli import main
 from persyn.config import TeacherConfig, parse_config
-from persyn.errors import InputError
+from persyn.errors import InputError, StageFailedError
 from persyn.pipeline import STAGES, run_stages
 from persyn.store import Store
 
@@ -180,3 +181,72 @@ def test_a_kill_while_embedding_loses_at_most_one_chunk(tmp_path, tiny_lm_dir, p
     assert len(set(texts)) == KILL_PROMPTS
     assert len(texts) - KILL_PROMPTS <= EMBED_CHUNK  # re-encoded: at most one chunk
     assert len(json.loads((tmp_path / "run" / "summary.json").read_text())["dataset_missing"]) == 0
+
+
+def test_a_finished_run_is_stamped_and_a_rerun_with_nothing_changed_skips_every_stage(tmp_path, monkeypatch, capsys):
+    recorded_pool(tmp_path, n=30)
+    cfg = parse_config(recorded_config(tmp_path, probe={"size": 15}))
+    first = run_stages(cfg)
+    assert first.generated == 45 + 15
+    dataset = (tmp_path / "run" / "dataset.jsonl").read_text()
+
+    def must_not_run(run):
+        raise AssertionError("a stage ran in an up-to-date run")
+
+    with monkeypatch.context() as m:
+        for stage in STAGES:
+            m.setitem(pipeline.STAGE_FUNCS, stage, must_not_run)
+        m.setattr(pipeline, "load_stage", must_not_run)
+        again = run_stages(cfg)
+    assert "nothing changed since last run -> to do: nothing" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert again.generated == summary["generations_this_invocation"] == 0
+    assert summary["generations_total"] == 60 and summary["dataset_rows"] == 30
+    assert (tmp_path / "run" / "dataset.jsonl").read_text() == dataset
+
+    # Anything that changes what the outputs hold makes the next run walk the stages again.
+    (tmp_path / "run" / "dataset.jsonl").unlink()  # an output removed
+    assert stages_walked(cfg) and (tmp_path / "run" / "dataset.jsonl").read_text() == dataset
+    store = Store.open(tmp_path / "run")  # a write to the store by another process (e.g. a batch import)
+    try:
+        store.set_routing([(pid, route) for pid, route in store.routing().items()])
+    finally:
+        store.close()
+    assert stages_walked(cfg)
+    assert not stages_walked(cfg)  # and once walked, the run is stamped again
+    edited = json.loads(json.dumps(recorded_config(tmp_path, probe={"size": 15})))
+    edited["generation"] = {"max_new_tokens": 64}  # a config change
+    assert stages_walked(parse_config(edited))
+
+
+def stages_walked(cfg) -> bool:
+    walked: list[str] = []
+    original = pipeline.STAGE_FUNCS["probe"]
+
+    def spy(run):
+        walked.append("probe")
+        original(run)
+
+    pipeline.STAGE_FUNCS["probe"] = spy
+    try:
+        run_stages(cfg)
+    finally:
+        pipeline.STAGE_FUNCS["probe"] = original
+    return bool(walked)
+
+
+def test_a_run_with_failures_is_not_stamped_and_retries_them(tmp_path):
+    recorded_pool(tmp_path, n=30)
+    beta = tmp_path / "beta.jsonl"
+    rows = beta.read_text().splitlines()
+    beta.write_text("\n".join(rows[1:]) + "\n")  # beta has no response for the first prompt
+    cfg = parse_config(recorded_config(tmp_path, probe={"size": 30}))
+    run = run_stages(cfg)
+    assert run.failed == 1
+    store = Store.open(tmp_path / "run")
+    try:
+        assert store.get_meta("run_stamp") is None
+    finally:
+        store.close()
+    with pytest.raises(StageFailedError, match="beta: no recorded response"):  # retried, never skipped
+        run_stages(cfg)

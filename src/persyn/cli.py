@@ -71,7 +71,10 @@ def run(config: ConfigArg) -> None:
     cfg = _config(config)
     result = run_stages(cfg)
     _print_summary(result.summary, cfg.path)
-    _write_report(cfg)
+    if result.up_to_date and (cfg.path / "report.html").exists():
+        console.print(f"report: {cfg.path / 'report.html'} (unchanged)")
+    else:
+        _write_report(cfg)
 
 
 def _write_report(cfg, **kwargs: Any) -> None:

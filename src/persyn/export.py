@@ -90,6 +90,17 @@ def update_stage_seconds(run: Run) -> None:
     _write_summary(run.cfg.path, run.summary)
 
 
+def refresh_summary(run: Run) -> dict[str, Any]:
+    """The last summary.json with this invocation's own counts (an invocation that found nothing to do)."""
+    summary = json.loads((run.cfg.path / "summary.json").read_text())
+    summary.update({"generations_this_invocation": run.generated,
+                    "generations_failed_this_invocation": run.failed,
+                    "responses_truncated_this_invocation": run.truncated,
+                    "stage_seconds": stage_seconds(run)})
+    _write_summary(run.cfg.path, summary)
+    return summary
+
+
 def row_scores(run: Run, keys: list[str]) -> dict[str, dict[str, float | None]]:
     """Raw quality and learnability of these generations where the store has them (probe rows; None elsewhere)."""
     cfg, store = run.cfg, run.store

@@ -44,6 +44,7 @@ class Run:
     truncated: int = 0  # responses cut to fit the student's context while scoring
     summary: dict = field(default_factory=dict)
     resumed: bool = False  # the store held prompts from an earlier run
+    up_to_date: bool = False  # the last finished run's stamp matched: no stage ran (persyn.stamp)
     prompt_changes: list[str] = field(default_factory=list)  # prompts edited, added or removed since the last run
     changes: str = ""  # the line saying what changed since the last run and what will be redone
     keys: Keys = field(init=False)
@@ -75,13 +76,22 @@ def student_scorer_id(cfg: RunConfig) -> str:
 
 # Stages -----------------------------------------------------------------------------------------------------
 
-def load_stage(run: Run) -> list[Prompt]:
+def read_prompts(run: Run) -> list[Prompt]:
+    """The config's prompts, checked against the probe size; stores nothing."""
     cfg = run.cfg
     need_ref = cfg.quality.kind == "math_answer" and cfg.reward.alpha < 1
     prompts = load_prompts(cfg.prompts, require_reference=need_ref)
     k = cfg.probe.resolve(len(prompts))
     if k > len(prompts):
         raise ConfigError(f"probe size {k} is larger than the prompt set ({len(prompts)} prompts)", key="probe.size")
+    return prompts
+
+
+def load_stage(run: Run, prompts: list[Prompt] | None = None) -> list[Prompt]:
+    """Store the prompts (read here unless given) and draw or keep the probe."""
+    cfg = run.cfg
+    prompts = read_prompts(run) if prompts is None else prompts
+    k = cfg.probe.resolve(len(prompts))
     old = {p.id: p.text for p in run.store.prompts()}
     run.store.set_prompts(prompts)
     if cfg.probe.strategy == "adaptive":
@@ -610,11 +620,22 @@ def opened_run(cfg: RunConfig) -> Iterator[Run]:
 
 
 def run_stages(cfg: RunConfig, stages: tuple[str, ...] | list[str] = STAGES) -> Run:
-    """Run the given stages in order under the run_dir lock; every stage resumes from the store."""
+    """Run the given stages in order under the run_dir lock; every stage resumes from the store. A full run whose
+    inputs, store and outputs match the last finished run's stamp (persyn.stamp) has nothing to do and stops
+    there."""
+    from persyn import stamp
+
+    full = tuple(stages) == STAGES
     with opened_run(cfg) as run:
+        t0 = time.perf_counter()
+        prompts = read_prompts(run) if full and stamp.may_be_up_to_date(run) else None
+        if prompts is not None and stamp.is_up_to_date(run, prompts):
+            record_stage_seconds(run, "prompts", time.perf_counter() - t0)
+            _nothing_to_do(run, prompts)
+            return run
         preflight(run)
         t0 = time.perf_counter()
-        prompts = load_stage(run)
+        prompts = load_stage(run, prompts)
         record_stage_seconds(run, "prompts", time.perf_counter() - t0)
         announce_changes(run, prompts)
         for stage in stages:
@@ -625,4 +646,27 @@ def run_stages(cfg: RunConfig, stages: tuple[str, ...] | list[str] = STAGES) -> 
                 from persyn.export import update_stage_seconds
 
                 update_stage_seconds(run)  # summary.json was written before export's own time was known
+        if full and _finished(run, prompts):
+            stamp.write_stamp(run, prompts)
         return run
+
+
+def _finished(run: Run, prompts: list[Prompt]) -> bool:
+    """Nothing pending after a full run: no generation, score or routing left, no dataset row missing."""
+    from persyn.status import pending_work, redo_phrase
+
+    pending = pending_work(run.cfg, run.store, run.keys, prompts, run.store.probe_ids())
+    return redo_phrase(pending) == "nothing" and not run.summary.get("dataset_missing")
+
+
+def _nothing_to_do(run: Run, prompts: list[Prompt]) -> None:
+    """An up-to-date run: say so, and make summary.json speak for this invocation, which did nothing."""
+    from persyn import stamp
+    from persyn.export import refresh_summary
+    from persyn.progress import console
+
+    run.resumed = run.up_to_date = True
+    run.changes = "nothing changed since last run -> to do: nothing"
+    console.print(run.changes, highlight=False, markup=False, soft_wrap=True)
+    run.summary = refresh_summary(run)
+    stamp.write_stamp(run, prompts)

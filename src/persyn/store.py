@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS routing (
 """
 
 
+# Meta keys that record how a run went rather than what it made: writing them does not move the store's version.
+BOOKKEEPING_META = frozenset({"version", "stage_seconds", "identity", "run_stamp"})
+
+
 @dataclass(frozen=True)
 class Generation:
     key: str
@@ -117,6 +121,7 @@ class Store:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(routing)")}
         if "candidates" not in columns:  # a store made before generation budgets
             self.db.execute("ALTER TABLE routing ADD COLUMN candidates TEXT")
+        self._counted = False  # whether this connection's writes are already counted in `version`
 
     @classmethod
     def open(cls, run_dir: str | Path) -> Store:
@@ -135,16 +140,34 @@ class Store:
             raise
         self.db.execute("COMMIT")
 
+    # version: a counter that moves whenever the stored data may have changed, so a stamp taken at one version
+    # (persyn.stamp) tells whether anything was written since, by this process or any other.
+    def version(self) -> int:
+        return int(self.get_meta("version", 0))
+
+    def _changed(self) -> None:
+        if not self._counted:  # once per connection until the next stamp: not a write per generation
+            self.db.execute("INSERT INTO meta VALUES ('version', '1') "
+                            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+            self._counted = True
+
+    def count_next_write(self) -> None:
+        """After a stamp: the next write moves the version again."""
+        self._counted = False
+
     # meta
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
     def set_meta(self, key: str, value: Any) -> None:
+        if key not in BOOKKEEPING_META:
+            self._changed()
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     # prompts
     def set_prompts(self, prompts: list[Prompt]) -> None:
+        self._changed()
         with self.transaction():
             self.db.execute("UPDATE prompts SET active=0")
             self.db.executemany(
@@ -160,6 +183,7 @@ class Store:
 
     # probe
     def set_probe(self, ids: Iterable[str]) -> None:
+        self._changed()
         with self.transaction():
             self.db.execute("DELETE FROM probe")
             self.db.executemany("INSERT INTO probe VALUES (?)", [(i,) for i in ids])
@@ -180,6 +204,7 @@ class Store:
 
     def add_generation(self, result: GenResult, *, prompt_id: str, teacher: str, fingerprint: str,
                        params: dict[str, Any], invocation: str) -> None:
+        self._changed()
         self.db.execute(
             "INSERT OR REPLACE INTO generations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (result.key, prompt_id, teacher, fingerprint, json.dumps(params, sort_keys=True), result.text,
@@ -230,6 +255,7 @@ class Store:
         the scorer's running total in the same transaction, so a killed run neither loses nor repeats it."""
         trunc = set(truncated)
         now = time.time()
+        self._changed()
         with self.transaction():
             self.db.executemany(
                 "INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?)",
@@ -243,6 +269,7 @@ class Store:
         return self.get_meta(f"truncated:{kind}:{scorer}", 0)
 
     def set_routing(self, rows: list[tuple[str, Route]]) -> None:
+        self._changed()
         with self.transaction():
             self.db.execute("DELETE FROM routing")
             self.db.executemany("INSERT INTO routing VALUES (?,?,?,?,?,?)",
@@ -251,6 +278,7 @@ class Store:
 
     def update_routes(self, rows: dict[str, tuple[str, list[str]]]) -> None:
         """Set (kept teacher, candidates) of routed prompts, in one transaction."""
+        self._changed()
         with self.transaction():
             self.db.executemany("UPDATE routing SET teacher=?, candidates=? WHERE prompt_id=?",
                                 [(t, json.dumps(c), pid) for pid, (t, c) in rows.items()])
