@@ -1,8 +1,9 @@
 """persyn at scale: N recorded teachers x M prompts, quality and learnability recorded, probe K.
 
 Writes a synthetic pool from real prompt text in ../shared/data (GSM8K questions, AlpacaEval instructions, IFEval
-prompts, varied to reach M distinct prompts), runs `persyn run` in a subprocess, then a no-op resume and `persyn
-status`, and prints per-stage seconds, the peak RSS of each process, and the size of each store.
+prompts, varied to reach M distinct prompts), runs `persyn run` in a subprocess, then a no-op resume, `persyn
+status`, and a resume that walks every stage (after `persyn export` rewrote the outputs), and prints per-stage
+seconds, the peak RSS of each process, and the size of each store.
 
     python benchmarks/bench_scale.py --prompts 20000 --teachers 19 --probe 2500 [--dir /tmp/persyn-scale]
 """
@@ -107,8 +108,14 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/persyn-scale"))
     ap.add_argument("--progress", action="store_true", help="show persyn's progress bars")
     ap.add_argument("--keep", action="store_true", help="keep the pool, the run and the recorded indexes")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse a finished run kept by --keep: only the resume and status measurements")
     args = ap.parse_args()
     root = args.dir / f"{args.prompts}x{args.teachers}"
+    config = root / "config.yaml"
+    if args.reuse and (root / "run" / "summary.json").exists():
+        resumes(root, config)
+        return
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     t0 = time.perf_counter()
@@ -134,17 +141,28 @@ def main() -> None:
     for name, mb in stores.items():
         print(f"store {name:<20}{mb:>9.1f} MB")
 
-    t_resume, peak_resume = persyn(root, "run", str(config))
-    resumed = json.loads((root / "run" / "summary.json").read_text())
-    assert resumed["generations_this_invocation"] == 0, "the resume generated something"
-    t_status, peak_status = persyn(root, "status", str(config))
-    stages = ", ".join(f"{k} {v:.1f}" for k, v in resumed["stage_seconds"].items())
-    print(f"no-op resume: {t_resume:.1f} s wall, peak RSS {peak_resume:.2f} GB ({stages})")
-    print(f"status: {t_status:.1f} s wall, peak RSS {peak_status:.2f} GB")
+    resumes(root, config)
     if not args.keep:
         for p in index_paths(config):
             p.unlink(missing_ok=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def resumes(root: Path, config: Path) -> None:
+    t_resume, peak_resume = persyn(root, "run", str(config))
+    resumed = json.loads((root / "run" / "summary.json").read_text())
+    assert resumed["generations_this_invocation"] == 0, "the resume generated something"
+    assert "to do: nothing" in (root / "persyn.log").read_text(), "the resume found work to do"
+    t_status, peak_status = persyn(root, "status", str(config))
+    print(f"no-op resume: {t_resume:.1f} s wall, peak RSS {peak_resume:.2f} GB (the finished run's stamp matched)")
+    print(f"status: {t_status:.1f} s wall, peak RSS {peak_status:.2f} GB")
+    # `persyn export` alone rewrites the outputs, so the next run cannot trust the stamp and walks every stage.
+    persyn(root, "export", str(config))
+    t_walk, peak_walk = persyn(root, "run", str(config))
+    walked = json.loads((root / "run" / "summary.json").read_text())
+    assert walked["generations_this_invocation"] == 0, "the resume generated something"
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in walked["stage_seconds"].items())
+    print(f"resume that walks every stage: {t_walk:.1f} s wall, peak RSS {peak_walk:.2f} GB ({stages})")
 
 
 def index_paths(config: Path) -> list[Path]:
