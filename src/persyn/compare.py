@@ -16,6 +16,7 @@ from typing import Any
 
 from persyn.config import RunConfig
 from persyn.errors import ConfigError
+from persyn.models import resolve
 from persyn.pipeline import STAGES, load_stage, opened_run, rewards_for, run_stages
 from persyn.strategies import SelectionContext, build_dataset, make_strategy, selected_rewards
 
@@ -127,17 +128,11 @@ def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: b
         tcfg = train_config(cfg, out / "base", 0)
         benchmarks = [b.model_dump(exclude_none=True) for b in cfg.eval.benchmarks]
         results["base"] = {"model": tcfg.model,
-                           "eval": evaluate_cached(Path(_resolve(tcfg.model)), benchmarks, out / "base" / "eval",
+                           "eval": evaluate_cached(Path(resolve(tcfg.model)), benchmarks, out / "base" / "eval",
                                                    f"base:{tcfg.model}")}
     _write(out / "results.json", results)
     write_report(results, out)
     return results
-
-
-def _resolve(spec: str) -> str:
-    from persyn.train import resolve_model
-
-    return resolve_model(spec)
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 
 from persyn.chat import FEW_SHOT_STOP, format_prompt, uses_few_shot
 from persyn.errors import ConfigError, InputError, PersynError
+from persyn.models import dtype_name, resolve, resolve_device, resolve_dtype
 from persyn.scoring.quality import answers_match, extract_answer, reference_answer
-from persyn.train import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +81,20 @@ def _write_outputs(result: dict[str, Any], output_path: str | Path | None) -> di
 
 
 def load_generator(model_spec: str, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """(model, tokenizer) on the GPU when there is one (bf16 there, fp32 on CPU), tokenizer left-padding."""
-    import torch
+    """(model, tokenizer) on persyn.models.device's device and dtype, tokenizer left-padding. Not kept in
+    load_causal_lm's cache: each evaluated checkpoint is loaded once and dropped."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = resolve_model(model_spec, trust_remote_code=trust_remote_code)
-    cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    model_dir = resolve(model_spec, trust_remote_code=trust_remote_code)
+    device = resolve_device()
+    dtype = resolve_dtype("auto", device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
                                                  use_safetensors=True)
-    model.to("cuda" if cuda else "cpu").eval()
+    model.to(device).eval()
     return model, tokenizer
 
 
@@ -334,11 +334,9 @@ def eval_lm_eval(model_spec: str, tasks: list[str], *, num_fewshot: int | None =
     except ImportError:
         raise PersynError("lm-evaluation-harness is not installed: pip install 'persyn[lmeval]' "
                           "(or pip install lm-eval)") from None
-    import torch
-
-    model_dir = resolve_model(model_spec, trust_remote_code=trust_remote_code)
-    dtype = "bfloat16" if torch.cuda.is_available() else "float32"
-    model_args = f"pretrained={model_dir},dtype={dtype},trust_remote_code={trust_remote_code}"
+    model_dir = resolve(model_spec, trust_remote_code=trust_remote_code)
+    device = resolve_device()
+    model_args = f"pretrained={model_dir},dtype={dtype_name('auto', device)},trust_remote_code={trust_remote_code}"
     if include_path:
         from lm_eval.tasks import TaskManager
 
@@ -353,7 +351,7 @@ def eval_lm_eval(model_spec: str, tasks: list[str], *, num_fewshot: int | None =
         kwargs["task_manager"] = manager
     out = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=list(tasks), num_fewshot=num_fewshot,
                                   limit=limit, batch_size=batch_size,
-                                  device="cuda" if torch.cuda.is_available() else "cpu", **kwargs)
+                                  device=device, **kwargs)
     results = json.loads(json.dumps(out.get("results", {}), default=str))
     return _write_outputs({"benchmark": "lm_eval", "model": model_spec, "tasks": list(tasks),
                            "results": results}, output_path)
