@@ -40,7 +40,7 @@ def select_all(cfg: RunConfig, strategies: list[str]) -> tuple[dict[str, Any], d
             selections[name] = selection
             summaries[name] = build_dataset(ctx, selection, compare_dir(cfg) / name)
             summaries[name]["generated_now"] = run.generated - before
-        rewards = rewards_for(run, prompts)[2]  # only what is scored; nothing is generated here
+        rewards = rewards_for(run, prompts).reward  # only what is scored; nothing is generated here
         dist = {n: selected_rewards(s, run.teacher_names(), rewards).tolist() for n, s in selections.items()}
     return summaries, dist
 

@@ -19,8 +19,9 @@ import numpy as np
 
 from persyn.config import CompareConfig
 from persyn.errors import ConfigError, PersynError
-from persyn.pipeline import Run, generate_pairs, probe_rewards, rewards_for, score_prompts
+from persyn.pipeline import generate_pairs, score_prompts
 from persyn.prompts import Prompt
+from persyn.run import RewardMatrices, Run, probe_rewards, rewards_for
 
 
 @dataclass
@@ -30,21 +31,21 @@ class SelectionContext:
     run: Run
     prompts: list[Prompt]
     options: CompareConfig
-    _probe: tuple | None = field(default=None, repr=False)
-    _full: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _probe: RewardMatrices | None = field(default=None, repr=False)
+    _full: RewardMatrices | None = field(default=None, repr=False)
 
     @property
     def teacher_names(self) -> list[str]:
         return self.run.teacher_names()
 
-    def probe(self) -> tuple[list[Prompt], np.ndarray, np.ndarray, np.ndarray]:
-        """(probe prompts, quality, learnability, combined reward), each matrix [probe, T]."""
+    def probe(self) -> RewardMatrices:
+        """Every teacher's scores on the probe prompts."""
         if self._probe is None:
             self._probe = probe_rewards(self.run)
         return self._probe
 
-    def full(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Quality, learnability and reward [P, T] over every prompt: generates and scores what is missing."""
+    def full(self) -> RewardMatrices:
+        """Every teacher's scores on every prompt: generates and scores what is missing."""
         if self._full is None:
             teachers = self.run.cfg.teachers
             generate_pairs(self.run, [(p, t) for p in self.prompts for t in teachers], "all responses")
@@ -54,8 +55,8 @@ class SelectionContext:
 
     def strength(self, names: list[str] | None = None) -> dict[str, float]:
         """Mean raw quality of each teacher on the probe (mean combined reward when quality is not scored)."""
-        _, quality, _, rewards = self.probe()
-        values = quality if np.isfinite(quality).any() else rewards
+        probe = self.probe()
+        values = probe.quality if np.isfinite(probe.quality).any() else probe.reward
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             means = np.nanmean(values, axis=0)
@@ -120,7 +121,7 @@ class PerSynStrategy(Strategy):
         missing = [p.id for p in ctx.prompts if p.id not in routing]
         if missing:
             raise PersynError(f"{len(missing)} prompts are not routed yet: run `persyn run` on this config first")
-        return Selection(self.name, [routing[p.id][0] for p in ctx.prompts],
+        return Selection(self.name, [routing[p.id].teacher for p in ctx.prompts],
                          {"router": ctx.run.store.get_meta("router_report")})
 
 
@@ -133,9 +134,8 @@ class OracleStrategy(Strategy):
     needs_all_responses = True
 
     def select(self, ctx: SelectionContext) -> Selection:
-        _, _, rewards = ctx.full()
         names = ctx.teacher_names
-        picks = [_argmax(row) for row in rewards]
+        picks = [_argmax(row) for row in ctx.full().reward]
         return Selection(self.name, [None if i is None else names[i] for i in picks])
 
 
@@ -221,8 +221,8 @@ class CARStrategy(Strategy):
         if not 0 < alpha < 1:
             raise ConfigError("car needs both quality and the student's learnability: 0 < reward.alpha < 1",
                               key="reward.alpha")
-        quality, learn, _ = ctx.full()
-        values = car_values(quality, learn, ctx.options.car_beta)
+        full = ctx.full()
+        values = car_values(full.quality, full.learnability, ctx.options.car_beta)
         names = ctx.teacher_names
         name = names[_argmax(values)] if np.isfinite(values).any() else None
         car = {n: (float(v) if np.isfinite(v) else None) for n, v in zip(names, values, strict=True)}
