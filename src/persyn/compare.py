@@ -62,7 +62,7 @@ def train_config(cfg: RunConfig, output_dir: Path, seed: int):
 def evaluate_cached(model_dir: Path, benchmarks: list[dict[str, Any]], eval_dir: Path,
                     identity: str) -> dict[str, Any]:
     """Each benchmark's metrics; one already evaluated for this checkpoint identity and settings is reused."""
-    from persyn.evaluate import evaluate
+    from persyn.eval import evaluate
 
     eval_dir.mkdir(parents=True, exist_ok=True)
     results = {}

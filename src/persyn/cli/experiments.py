@@ -117,7 +117,7 @@ def eval_cmd(
     max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget per answer.")] = None,
 ) -> None:
     """Evaluate a model on GSM8K, IFEval and/or lm-evaluation-harness tasks; results are JSON."""
-    from persyn.evaluate import evaluate
+    from persyn.eval import evaluate
 
     specs: list[dict] = []
     if config is not None:
