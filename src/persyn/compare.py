@@ -17,8 +17,9 @@ from typing import Any
 from persyn.config import RunConfig
 from persyn.errors import ConfigError
 from persyn.models import resolve
-from persyn.pipeline import STAGES, load_stage, opened_run, rewards_for, run_stages
-from persyn.strategies import SelectionContext, build_dataset, make_strategy, selected_rewards
+from persyn.pipeline import STAGES, load_stage, opened_run, run_stages
+from persyn.selection import select_and_build
+from persyn.strategies import make_strategy
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +32,7 @@ def select_all(cfg: RunConfig, strategies: list[str]) -> tuple[dict[str, Any], d
     """Build every strategy's dataset; returns per-strategy summaries and the known rewards of chosen responses."""
     run_stages(cfg, STAGES if "persyn" in strategies else ("probe", "score"))
     with opened_run(cfg) as run:
-        prompts = load_stage(run)
-        ctx = SelectionContext(run, prompts, cfg.compare)
-        summaries, selections = {}, {}
-        for name in strategies:
-            before = run.generated
-            selection = make_strategy(name).select(ctx)
-            selections[name] = selection
-            summaries[name] = build_dataset(ctx, selection, compare_dir(cfg) / name)
-            summaries[name]["generated_now"] = run.generated - before
-        rewards = rewards_for(run, prompts).reward  # only what is scored; nothing is generated here
-        dist = {n: selected_rewards(s, run.teacher_names(), rewards).tolist() for n, s in selections.items()}
-    return summaries, dist
+        return select_and_build(run, load_stage(run), strategies, compare_dir(cfg))
 
 
 def train_config(cfg: RunConfig, output_dir: Path, seed: int):
