@@ -1,4 +1,5 @@
-"""The source layout keeps its rules: one device/dtype policy (persyn.models.device) and no import cycles."""
+"""The source layout keeps its rules: no import cycles between persyn's modules, even through imports inside
+functions, and one device/dtype policy (persyn.models.device) that no other module second-guesses."""
 
 from __future__ import annotations
 
@@ -22,6 +23,58 @@ def sources() -> dict[str, Path]:
             parts.pop()
         out[".".join(parts)] = path
     return out
+
+
+def imported_modules(name: str, path: Path, modules: set[str]) -> set[str]:
+    """The persyn modules `name` imports anywhere in its file: at module level, inside functions, under
+    TYPE_CHECKING. `from persyn.x import y` counts as persyn.x.y when that is a module, else as persyn.x."""
+    found = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+    return {m for m in found if m in modules and m != name}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles():
+    mods = sources()
+    graph = {name: imported_modules(name, path, set(mods)) for name, path in mods.items()}
+    assert graph["persyn.pipeline"] >= {"persyn.run", "persyn.export"}  # the graph sees function-level imports
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
 
 def _dotted(node: ast.AST) -> str:
