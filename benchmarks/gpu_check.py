@@ -50,8 +50,10 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    from persyn.models import resolve_device, resolve_dtype
+
+    device = resolve_device()  # persyn's own policy: bfloat16 on the GPU, float32 on a CPU
+    dtype = resolve_dtype("auto", device)
     shape = TINY if args.tiny else QWEN15
     n_seq = 16 if args.tiny else args.sequences
     out: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": str(dtype)}

@@ -127,7 +127,7 @@ def test_budget_n_is_generate_then_select(tmp_path):
     run = open_run(cfg)
     try:
         prompts = run.store.prompts()
-        rewards = rewards_for(run, prompts)[2]
+        rewards = rewards_for(run, prompts).reward
     finally:
         run.store.close()
     names = [t.name for t in cfg.teachers]

@@ -312,6 +312,7 @@ def test_resolved_config_is_written_and_loads_back(tmp_path, prompts_file, tiny_
 
 def test_weight_digests_are_cached_on_disk_and_redone_when_a_file_is_rewritten(tmp_path, monkeypatch):
     import persyn.models as models
+    from persyn.models import cache  # where the digests are memoised and files hashed
 
     monkeypatch.setenv("PERSYN_CACHE", str(tmp_path / "cache"))
     model = tmp_path / "m"
@@ -320,21 +321,21 @@ def test_weight_digests_are_cached_on_disk_and_redone_when_a_file_is_rewritten(t
     weights = model / "model.safetensors"
     weights.write_bytes(b"a" * (3 << 20))  # over the 1 MiB that is always hashed
     first = models.model_identity(str(model))
-    models._HASH_MEMO.clear()  # as a new process would start
+    cache._HASH_MEMO.clear()  # as a new process would start
 
-    real = models.sha256_file
+    real = cache.sha256_file
 
     def no_weight_reads(path):
         assert Path(path) != weights, "the weights were read again"
         return real(path)  # small files (config.json) are hashed on every call
 
     with monkeypatch.context() as m:
-        m.setattr(models, "sha256_file", no_weight_reads)
+        m.setattr(cache, "sha256_file", no_weight_reads)
         assert models.model_identity(str(model)) == first  # from CACHE/digests.sqlite
     st = weights.stat()
     weights.write_bytes(b"b" * (3 << 20))  # same size; the old mtime is put back, the ctime cannot be
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
-    models._HASH_MEMO.clear()
+    cache._HASH_MEMO.clear()
     assert models.model_identity(str(model)) != first
 
 

@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from persyn.errors import ConfigError, PersynError
-from persyn.evaluate import (
+from persyn.eval import (
     GSM8K_BUILTIN_SHOTS,
     eval_gsm8k,
     eval_ifeval,
@@ -122,3 +122,23 @@ def test_evaluate_dispatches_and_rejects_bad_entries(tiny_lm_dir, shared_data, t
         evaluate(str(tiny_lm_dir), [{"name": "gsm8k", "test_path": test_path, "nn": 2}])
     with pytest.raises(ConfigError, match=r"eval.benchmarks\[0\].test_path: missing key"):
         evaluate(str(tiny_lm_dir), [{"name": "gsm8k"}])
+
+
+def test_each_benchmark_declares_exactly_its_functions_arguments():
+    """evaluate checks specs against the declarations, never the signatures: the two must agree."""
+    import inspect
+
+    from persyn import evaluate as legacy
+    from persyn.eval import BENCHMARKS
+
+    assert set(BENCHMARKS) == {"gsm8k", "ifeval", "lm_eval"}
+    for name, benchmark in BENCHMARKS.items():
+        params = inspect.signature(benchmark.run).parameters
+        required = {k for k, p in params.items() if p.default is inspect.Parameter.empty
+                    and p.kind is not inspect.Parameter.VAR_KEYWORD} - {"model_spec"}
+        optional = {k for k, p in params.items() if p.default is not inspect.Parameter.empty} - {"output_path"}
+        assert set(benchmark.required) == required, name
+        assert set(benchmark.optional) == optional, name
+        var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        assert benchmark.passes_others_on == var_kw, name
+    assert legacy.evaluate is evaluate and legacy.eval_gsm8k is eval_gsm8k  # persyn.evaluate still works

@@ -14,6 +14,7 @@ from persyn import models
 from persyn.backends.base import GenParams, GenRequest
 from persyn.config import parse_config
 from persyn.executors.local import LocalExecutor
+from persyn.models import loading
 from persyn.pipeline import run_stages
 from persyn.router.embed import Embedder
 
@@ -40,8 +41,8 @@ class PeakDict(dict):
 def watched_cache(monkeypatch):
     models.unload_all()
     PeakDict.peak = 0
-    monkeypatch.setattr(models, "_LOADED", PeakDict())
-    yield models._LOADED
+    monkeypatch.setattr(loading, "_LOADED", PeakDict())  # where load_causal_lm looks it up
+    yield loading._LOADED
     models.unload_all()
 
 

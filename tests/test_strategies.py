@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ import pytest
 from persyn.config import parse_config
 from persyn.errors import ConfigError
 from persyn.pipeline import load_stage, open_run, run_stages
-from persyn.strategies import SelectionContext, build_dataset, car_values, make_strategy
+from persyn.run import RewardMatrices
+from persyn.selection import build_datasets, prepare_inputs
+from persyn.strategies import SelectionInputs, car_values, make_strategy
 
 # teacher -> (family, mean quality, mean learnability). Strong = a; CAR(beta=1) = b: 0.6/1.5 > 0.3/1.2 > 0.9/4.
 POOL = {"a": ("x", 0.9, -3.0), "b": ("y", 0.6, -0.5), "c": ("y", 0.3, -0.2)}
@@ -54,8 +57,7 @@ def pool(tmp_path, tiny_lm_dir):
     cfg = pool_config(tmp_path, tiny_lm_dir)
     run_stages(cfg, ("probe", "score"))
     run = open_run(cfg)
-    ctx = SelectionContext(run, load_stage(run), cfg.compare)
-    yield ctx, prompts, table
+    yield run, load_stage(run), table
     run.store.close()
 
 
@@ -72,28 +74,32 @@ def by_hand_rewards(prompts, table, alpha=0.4):
 
 
 def test_oracle_is_the_per_prompt_argmax_and_needs_every_response(pool, tmp_path):
-    ctx, prompts, table = pool
-    generated_before = ctx.run.generated
-    sel = make_strategy("oracle").select(ctx)
-    expected = by_hand_rewards([p.text for p in ctx.prompts], table).argmax(1)
+    run, prompts, table = pool
+    n, k = len(prompts), 40
+    generated_before = run.generated
+    oracle = make_strategy("oracle")
+    inputs = prepare_inputs(run, prompts, [oracle])
+    assert run.generated - generated_before == (n - k) * 3  # up front, and only what the probe lacked
+    sel = oracle.select(inputs)
+    expected = by_hand_rewards([p.text for p in prompts], table).argmax(1)
     assert sel.teachers == [list(POOL)[i] for i in expected]
     assert len(set(sel.teachers)) == 3  # the per-prompt choice really varies
-    summary = build_dataset(ctx, sel, tmp_path / "oracle")
-    n, k = len(prompts), 40
-    assert ctx.run.generated - generated_before == (n - k) * 3  # only what the probe lacked
+    summary = build_datasets(run, prompts, inputs, {"oracle": sel}, tmp_path)["oracle"]
+    assert run.generated - generated_before == (n - k) * 3  # the dataset's responses were all there
     assert summary["needs_all_responses"] and summary["generations_needed"] == n * 3 == summary["generations"]
     # Nothing the store holds is generated again.
-    again = ctx.run.generated
-    build_dataset(ctx, make_strategy("strong").select(ctx), tmp_path / "strong")
-    assert ctx.run.generated == again
+    again = run.generated
+    build_datasets(run, prompts, inputs, {"strong": make_strategy("strong").select(inputs)}, tmp_path)
+    assert run.generated == again
 
 
 def test_car_uses_the_formula_over_every_prompt(pool):
-    ctx, _, table = pool
-    sel = make_strategy("car").select(ctx)
+    run, prompts, table = pool
+    car_strategy = make_strategy("car")
+    sel = car_strategy.select(prepare_inputs(run, prompts, [car_strategy]))
     names = list(POOL)
-    q = np.array([[table[(p.text, t)][0] for t in names] for p in ctx.prompts])
-    lrn = np.array([[table[(p.text, t)][1] for t in names] for p in ctx.prompts])
+    q = np.array([[table[(p.text, t)][0] for t in names] for p in prompts])
+    lrn = np.array([[table[(p.text, t)][1] for t in names] for p in prompts])
     car = q.mean(0) / (1 + 1.0 * (-lrn).mean(0))
     assert sel.info["teacher"] == names[int(car.argmax())] == "b"
     assert set(sel.teachers) == {"b"}
@@ -102,26 +108,27 @@ def test_car_uses_the_formula_over_every_prompt(pool):
 
 
 def test_strong_family_strong_and_random(pool, tmp_path):
-    ctx, prompts, _ = pool
-    strong = make_strategy("strong").select(ctx)
+    run, prompts, _ = pool
+    strategies = [make_strategy(n) for n in ("strong", "family-strong", "random")]
+    inputs = prepare_inputs(run, prompts, strategies)
+    strong, fam, rnd = (s.select(inputs) for s in strategies)
     assert set(strong.teachers) == {"a"}
-    fam = make_strategy("family-strong").select(ctx)
     assert set(fam.teachers) == {"b"}  # the strongest of the student's family y = {b, c}
-    rnd = make_strategy("random").select(ctx)
     shares = [rnd.teachers.count(t) / len(prompts) for t in POOL]
     assert all(abs(s - 1 / 3) < 0.1 for s in shares)
-    assert make_strategy("random").select(ctx).teachers == rnd.teachers  # seeded
-    summary = build_dataset(ctx, strong, tmp_path / "strong")
+    assert make_strategy("random").select(inputs).teachers == rnd.teachers  # seeded
+    summary = build_datasets(run, prompts, inputs, {"strong": strong}, tmp_path)["strong"]
     assert summary["rows"] == len(prompts) and summary["teacher_counts"] == {"a": 200, "b": 0, "c": 0}
     assert summary["generations_needed"] == len(prompts) + 40 * 2  # its dataset plus the probe it reads
     rows = [json.loads(line) for line in (tmp_path / "strong" / "dataset.jsonl").read_text().splitlines()]
     assert rows[0]["messages"][1]["content"].startswith("a: ") and rows[0]["source"] == "strong"
-    assert [r["id"] for r in rows] == [p.id for p in ctx.prompts]
+    assert [r["id"] for r in rows] == [p.id for p in prompts]
 
 
 def test_mix_ratio_is_one_to_four_within_tolerance(pool):
-    ctx, prompts, _ = pool
-    sel = make_strategy("mix").select(ctx)
+    run, prompts, _ = pool
+    mix = make_strategy("mix")
+    sel = mix.select(prepare_inputs(run, prompts, [mix]))
     assert sel.info["strong"] == "a" and sel.info["weak"] == "c"
     assert set(sel.teachers) == {"a", "c"}
     assert abs(sel.teachers.count("a") / len(prompts) - 0.2) < 0.08
@@ -133,8 +140,13 @@ def test_family_strong_without_a_family_is_a_config_error(tmp_path, tiny_lm_dir)
     cfg.student.family = "z"
     run_stages(cfg, ("probe", "score"))
     run = open_run(cfg)
+    family_strong = make_strategy("family-strong")
+    generated = run.generated
+    with pytest.raises(ConfigError, match="student.family"):  # checked before anything is generated
+        prepare_inputs(run, load_stage(run), [family_strong, make_strategy("oracle")])
+    assert run.generated == generated
     with pytest.raises(ConfigError, match="student.family"):
-        make_strategy("family-strong").select(SelectionContext(run, load_stage(run), cfg.compare))
+        family_strong.select(SelectionInputs.from_config(cfg, 50))
     with pytest.raises(ConfigError, match="compare.strategies"):
         make_strategy("best")
     run.store.close()
@@ -144,3 +156,23 @@ def test_unknown_strategy_in_config_names_the_key(tmp_path, tiny_lm_dir):
     write_pool(tmp_path, n=5)
     with pytest.raises(ConfigError, match="compare.strategies"):
         pool_config(tmp_path, tiny_lm_dir, strategies=["persyn", "stronk"])
+
+
+def test_strategies_are_pure_functions_of_the_matrices(tiny_lm_dir, tmp_path):
+    """No run, no store: hand-made matrices decide every choice."""
+    write_pool(tmp_path, n=5)
+    cfg = pool_config(tmp_path, tiny_lm_dir, strong_teacher=None, seed=3)
+    quality = np.array([[0.9, 0.5, 0.1], [0.8, 0.6, 0.2]])  # a strongest, c weakest on the probe
+    learn = np.array([[-3.0, -0.5, -0.2], [-3.0, -0.4, -0.3]])
+    reward = np.array([[0.2, 0.9, 0.1], [0.7, 0.1, 0.3]])
+    matrices = RewardMatrices([], quality, learn, reward)
+    inputs = replace(SelectionInputs.from_config(cfg, 2), probe=matrices, everything=matrices, routes=["c", "b"])
+    assert make_strategy("oracle").select(inputs).teachers == ["b", "a"]
+    assert make_strategy("strong").select(inputs).teachers == ["a", "a"]
+    assert make_strategy("family-strong").select(inputs).teachers == ["b", "b"]  # y = {b, c}
+    assert make_strategy("persyn").select(inputs).teachers == ["c", "b"]
+    mix = make_strategy("mix").select(inputs)
+    assert (mix.info["strong"], mix.info["weak"]) == ("a", "c") and set(mix.teachers) <= {"a", "c"}
+    car = car_values(quality, learn, 1.0)
+    assert make_strategy("car").select(inputs).info["teacher"] == list(POOL)[int(car.argmax())]
+    assert make_strategy("random").select(inputs).teachers == make_strategy("random").select(inputs).teachers

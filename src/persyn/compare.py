@@ -16,8 +16,10 @@ from typing import Any
 
 from persyn.config import RunConfig
 from persyn.errors import ConfigError
-from persyn.pipeline import STAGES, load_stage, opened_run, rewards_for, run_stages
-from persyn.strategies import SelectionContext, build_dataset, make_strategy, selected_rewards
+from persyn.models import resolve
+from persyn.pipeline import STAGES, load_stage, opened_run, run_stages
+from persyn.selection import select_and_build
+from persyn.strategies import make_strategy
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +32,7 @@ def select_all(cfg: RunConfig, strategies: list[str]) -> tuple[dict[str, Any], d
     """Build every strategy's dataset; returns per-strategy summaries and the known rewards of chosen responses."""
     run_stages(cfg, STAGES if "persyn" in strategies else ("probe", "score"))
     with opened_run(cfg) as run:
-        prompts = load_stage(run)
-        ctx = SelectionContext(run, prompts, cfg.compare)
-        summaries, selections = {}, {}
-        for name in strategies:
-            before = run.generated
-            selection = make_strategy(name).select(ctx)
-            selections[name] = selection
-            summaries[name] = build_dataset(ctx, selection, compare_dir(cfg) / name)
-            summaries[name]["generated_now"] = run.generated - before
-        rewards = rewards_for(run, prompts)[2]  # only what is scored; nothing is generated here
-        dist = {n: selected_rewards(s, run.teacher_names(), rewards).tolist() for n, s in selections.items()}
-    return summaries, dist
+        return select_and_build(run, load_stage(run), strategies, compare_dir(cfg))
 
 
 def train_config(cfg: RunConfig, output_dir: Path, seed: int):
@@ -61,7 +52,7 @@ def train_config(cfg: RunConfig, output_dir: Path, seed: int):
 def evaluate_cached(model_dir: Path, benchmarks: list[dict[str, Any]], eval_dir: Path,
                     identity: str) -> dict[str, Any]:
     """Each benchmark's metrics; one already evaluated for this checkpoint identity and settings is reused."""
-    from persyn.evaluate import evaluate
+    from persyn.eval import evaluate
 
     eval_dir.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -127,17 +118,11 @@ def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: b
         tcfg = train_config(cfg, out / "base", 0)
         benchmarks = [b.model_dump(exclude_none=True) for b in cfg.eval.benchmarks]
         results["base"] = {"model": tcfg.model,
-                           "eval": evaluate_cached(Path(_resolve(tcfg.model)), benchmarks, out / "base" / "eval",
+                           "eval": evaluate_cached(Path(resolve(tcfg.model)), benchmarks, out / "base" / "eval",
                                                    f"base:{tcfg.model}")}
     _write(out / "results.json", results)
     write_report(results, out)
     return results
-
-
-def _resolve(spec: str) -> str:
-    from persyn.train import resolve_model
-
-    return resolve_model(spec)
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:

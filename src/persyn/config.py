@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from persyn.errors import ConfigError
 
-# "auto": bfloat16 on a GPU, float32 on a CPU. bfloat16 on a CPU with AVX512-BF16 or AMX generates about 2x faster.
+# Resolved by persyn.models.device.resolve_dtype, the one policy for every model persyn loads.
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
@@ -43,8 +43,8 @@ class GenerationConfig(Strict):
         "Sampling seed; each request is seeded by it and its key, so an output does not depend on its batch."))
     batch_size: int = Field(default=8, gt=0, description="Requests per batch of a local teacher; not part of any key.")
     dtype: Dtype = Field(default="auto", description=(
-        "Weights and activations of local teachers. auto: bfloat16 on a GPU, float32 on a CPU (bfloat16 on a CPU with "
-        "AVX512-BF16 or AMX generates about 2x faster). Not part of any key."))
+        "Weights and activations of local teachers. auto: bfloat16 on a GPU that supports it, float32 on a CPU "
+        "(bfloat16 on a CPU with AVX512-BF16 or AMX generates about 2x faster). Not part of any key."))
     budget: float = Field(default=1.0, ge=1, description=(
         "Average generations per routed prompt: 1 is Route then Generate, the number of teachers is Generate then "
         "Select. Extra generations go to the prompts where the router's margin is smallest; the best candidate is "

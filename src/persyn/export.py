@@ -6,10 +6,9 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from persyn.pipeline import Run
+from persyn.run import Run, probe_rewards
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -25,13 +24,11 @@ def _nan_to_none(x: float) -> float | None:
 
 
 def export_run(run: Run) -> dict[str, Any]:
-    from persyn.pipeline import probe_rewards
-
     cfg, store = run.cfg, run.store
     teachers = {t.name: t for t in cfg.teachers}
     prompts = store.prompts()
     routing = store.routing()
-    keys = {p.id: run.keys.generation(teachers[routing[p.id][0]], p) for p in prompts if p.id in routing}
+    keys = {p.id: run.keys.generation(teachers[routing[p.id].teacher], p) for p in prompts if p.id in routing}
     gens = store.generations(keys.values())
     known = row_scores(run, list(keys.values()))
 
@@ -56,17 +53,17 @@ def export_run(run: Run) -> dict[str, Any]:
     _write_jsonl(out / "dataset.jsonl", dataset)
     _write_jsonl(out / "routing.jsonl", routing_rows)
 
-    probe, quality, learn, rewards = probe_rewards(run)
+    probe = probe_rewards(run)
     names = list(teachers)
     score_rows = [
-        {"id": p.id, "teacher": names[j], "quality": _nan_to_none(quality[i, j]),
-         "learnability": _nan_to_none(learn[i, j]), "reward": _nan_to_none(rewards[i, j])}
-        for i, p in enumerate(probe) for j in range(len(names))
+        {"id": p.id, "teacher": names[j], "quality": _nan_to_none(probe.quality[i, j]),
+         "learnability": _nan_to_none(probe.learnability[i, j]), "reward": _nan_to_none(probe.reward[i, j])}
+        for i, p in enumerate(probe.prompts) for j in range(len(names))
     ]
     _write_jsonl(out / "scores.jsonl", score_rows)
 
     routed = sum(len(r.candidates) for r in routing.values() if not r.probe)
-    summary = build_summary(run, prompts, probe, dataset, missing, routed)
+    summary = build_summary(run, prompts, probe.prompts, dataset, missing, routed)
     _write_summary(out, summary)
     return summary
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,46 +15,25 @@ import yaml
 from persyn.backends.base import GenRequest, GenResult
 from persyn.config import RunConfig, TeacherConfig
 from persyn.errors import ConfigError, StageFailedError
-from persyn.executors import Executor, make_executor
 from persyn.keys import Keys, describe_changes, describe_prompt_changes
 from persyn.progress import progress
 from persyn.prompts import Prompt, load_prompts
-from persyn.store import Route, RunLock, Store
+from persyn.run import (  # noqa: F401 - re-exported as pipeline API
+    RewardMatrices,
+    Run,
+    open_run,
+    opened_run,
+    probe_prompts,
+    probe_rewards,
+    prompt_generations,
+    rewards_for,
+)
+from persyn.store import Route
 
 log = logging.getLogger(__name__)
 
 STAGES = ("probe", "score", "train-router", "route", "generate", "export")
 SCORE_CHUNK = 64  # responses scored (and committed) per step
-
-
-@dataclass
-class Run:
-    """One invocation over one run_dir: the config, the store, an executor, and what this invocation did."""
-
-    cfg: RunConfig
-    store: Store
-    executor: Executor
-    invocation: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    generated: int = 0
-    failed: int = 0
-    truncated: int = 0  # responses cut to fit the student's context while scoring
-    summary: dict = field(default_factory=dict)
-    resumed: bool = False  # the store held prompts from an earlier run
-    up_to_date: bool = False  # the last finished run's stamp matched: no stage ran (persyn.stamp)
-    prompt_changes: list[str] = field(default_factory=list)  # prompts edited, added or removed since the last run
-    changes: str = ""  # the line saying what changed since the last run and what will be redone
-    keys: Keys = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.keys = Keys(self.cfg)
-
-    @property
-    def run_dir(self) -> Path:
-        return self.cfg.path
-
-    def teacher_names(self) -> list[str]:
-        return [t.name for t in self.cfg.teachers]
 
 
 # Keys: every one comes from persyn.keys; these wrappers build a fresh Keys per call (a Run keeps one). ----------
@@ -112,11 +88,6 @@ def _probe_ids(run: Run, prompts: list[Prompt], size: int) -> list[str]:
     return choose_probe([q.id for q in prompts], [q.text for q in prompts], p.strategy, p.seed, size,
                         keep=run.store.probe_ids() if same_seed else (),
                         embed=lambda texts: _embedder(run).embed(texts))
-
-
-def probe_prompts(run: Run) -> list[Prompt]:
-    probe = run.store.probe_ids()
-    return [p for p in run.store.prompts() if p.id in probe]
 
 
 def pending_requests(run: Run, pairs: list[tuple[Prompt, TeacherConfig]]) -> dict[str, list[GenRequest]]:
@@ -198,8 +169,8 @@ def _grow_probe(run: Run) -> None:
     while True:
         size = len(run.store.probe_ids())
         score_stage(run)
-        probe, _, _, rewards = probe_rewards(run)
-        _, report = _fit_router(run, probe, rewards)
+        probe = probe_rewards(run)
+        _, report = _fit_router(run, probe.prompts, probe.reward)
         gain = router_gain(report)
         rounds = [r for r in rounds if r["size"] < size] + [{"size": size, "cv_gain": gain}]
         run.store.set_meta("probe_rounds", rounds)
@@ -220,12 +191,6 @@ def router_gain(report) -> float:
     if report.val_mean_reward is None or report.val_best_single_mean_reward is None:
         return 0.0
     return float(report.val_mean_reward - report.val_best_single_mean_reward)
-
-
-def prompt_generations(run: Run, prompts: list[Prompt]) -> tuple[list[list[str]], dict]:
-    """Generation keys [P][T] of every teacher on these prompts, and the stored rows among them."""
-    keys = [[run.keys.generation(t, p) for t in run.cfg.teachers] for p in prompts]
-    return keys, run.store.generations(k for row in keys for k in row)
 
 
 def score_stage(run: Run) -> None:
@@ -303,41 +268,6 @@ def _score_learnability(run: Run, keys: list[str], gens: dict, prompt_of: dict[s
     fail_if_all_failed(label, "learnability requests", len(missing), failed, first_error)
 
 
-def probe_rewards(run: Run) -> tuple[list[Prompt], np.ndarray, np.ndarray, np.ndarray]:
-    probe = probe_prompts(run)
-    return (probe, *rewards_for(run, probe))
-
-
-def rewards_for(run: Run, prompts: list[Prompt]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw quality and learnability [P, T] and the combined reward (NaN: no usable response) for these prompts."""
-    from persyn.scoring.reward import reward_matrix
-
-    cfg = run.cfg
-    keys, gens = prompt_generations(run, prompts)
-    flat = [k for row in keys for k in row]
-    P, T = len(prompts), len(cfg.teachers)
-    nan = np.full((P, T), np.nan)
-    quality, learn = nan.copy(), nan.copy()
-    if cfg.reward.alpha < 1:
-        q = run.store.scores("quality", run.keys.quality_scorer, flat)
-        quality = np.array([[_num(q.get(k)) for k in row] for row in keys]).reshape(P, T)
-    if cfg.reward.alpha > 0:
-        s = run.store.scores("learnability", run.keys.learnability_scorer, flat)
-        learn = np.array([[_num(s.get(k)) for k in row] for row in keys]).reshape(P, T)
-    present = np.array([[k in gens and gens[k].error is None for k in row] for row in keys]).reshape(P, T)
-    empty = np.array([[k in gens and gens[k].error is None and not (gens[k].text or "").strip() for k in row]
-                      for row in keys]).reshape(P, T)
-    # Failed generations and responses without a score drop out (NaN); empty responses score the worst.
-    q_in = np.where(present, quality, np.nan) if cfg.reward.alpha < 1 else np.where(present, 0.0, np.nan)
-    l_in = np.where(present, learn, np.nan) if cfg.reward.alpha > 0 else None
-    rewards = reward_matrix(q_in, l_in, cfg.reward.alpha, cfg.reward.normalization, worst=empty)
-    return quality, learn, rewards
-
-
-def _num(v: float | None) -> float:
-    return np.nan if v is None else float(v)
-
-
 def _embedder(run: Run):
     from persyn.router.embed import Embedder
 
@@ -361,11 +291,11 @@ def _router_dir(run: Run) -> Path:
 
 
 def train_router_stage(run: Run) -> None:
-    probe, _, _, rewards = probe_rewards(run)
-    fp = run.keys.router(probe, np.ascontiguousarray(rewards).tobytes())
+    probe = probe_rewards(run)
+    fp = run.keys.router(probe.prompts, np.ascontiguousarray(probe.reward).tobytes())
     if run.store.get_meta("router_fp") == fp and (_router_dir(run) / "router.json").exists():
         return
-    router, report = _fit_router(run, probe, rewards)
+    router, report = _fit_router(run, probe.prompts, probe.reward)
     router.save(_router_dir(run))
     run.store.set_meta("router_report", report.as_dict())
     run.store.set_meta("router_fp", fp)
@@ -409,7 +339,8 @@ def route_stage(run: Run) -> None:
     if (set(routing) == set(route_keys) and all(routing[i].router == k for i, k in route_keys.items())
             and run.store.get_meta("route_plan") == plan):
         return
-    probe, _, _, rewards = probe_rewards(run)
+    probe_matrices = probe_rewards(run)
+    probe, rewards = probe_matrices.prompts, probe_matrices.reward
     names = run.teacher_names()
     S = load_router(run).scores(_embedder(run).embed([p.text for p in prompts], "route: embedding prompts"))
     best_probe = {p.id: (_argmax_nan(rewards[i]), np.flatnonzero(np.isfinite(rewards[i]))) for i, p in enumerate(probe)}
@@ -462,7 +393,7 @@ def _cascade(run: Run) -> None:
         generate_pairs(run, stage_pairs(run, "generate"), "generate")
         prompts = [p for p, _ in routed]
         score_prompts(run, prompts, "cascade", kinds=("quality",))
-        quality = rewards_for(run, prompts)[0]
+        quality = rewards_for(run, prompts).quality
         asked = [[names.index(t) for t in r.candidates] for _, r in routed]
         accepted = [bool(np.any(quality[i, a] >= g.accept_quality)) for i, a in enumerate(asked)]
         S = np.array([[r.scores[n] for n in names] for _, r in routed]).reshape(len(routed), len(names))
@@ -486,11 +417,12 @@ def select_candidates(run: Run) -> None:
         return
     prompts = [p for p, _ in multi]
     score_prompts(run, prompts, "select")
-    quality, learn, _ = rewards_for(run, prompts)
+    candidates = rewards_for(run, prompts)
+    quality, learn = candidates.quality, candidates.learnability
     keys, gens = prompt_generations(run, prompts)
-    _, probe_q, probe_l, _ = probe_rewards(run)
+    probe = probe_rewards(run)
     alpha, method = cfg.reward.alpha, cfg.reward.normalization
-    scales = probe_scales(probe_q if alpha < 1 else None, probe_l if alpha > 0 else None, method)
+    scales = probe_scales(probe.quality if alpha < 1 else None, probe.learnability if alpha > 0 else None, method)
     updates = {}
     for i, (p, r) in enumerate(multi):
         cols = [names.index(t) for t in r.candidates]
@@ -600,23 +532,6 @@ def record_stage_seconds(run: Run, stage: str, seconds: float) -> None:
     stored = run.store.get_meta("stage_seconds", {})
     stored[stage] = round(seconds, 3)
     run.store.set_meta("stage_seconds", stored)
-
-
-def open_run(cfg: RunConfig) -> Run:
-    return Run(cfg, Store.open(cfg.run_dir), make_executor(cfg))
-
-
-@contextmanager
-def opened_run(cfg: RunConfig) -> Iterator[Run]:
-    """The one run context: the run_dir lock, the store and the executor, closed once on the way out."""
-    cfg.path.mkdir(parents=True, exist_ok=True)
-    with RunLock(cfg.path):
-        run = open_run(cfg)
-        try:
-            yield run
-        finally:
-            run.executor.close()
-            run.store.close()
 
 
 def run_stages(cfg: RunConfig, stages: tuple[str, ...] | list[str] = STAGES) -> Run:

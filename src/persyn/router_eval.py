@@ -92,7 +92,7 @@ def router_eval(cfg: RunConfig, *, backbones: list[str] | None = None, probe_siz
         pairs = [(p, t) for p in pool + held for t in cfg.teachers]
         generate_pairs(run, pairs, "router-eval")
         score_prompts(run, pool + held, "router-eval")
-        R_pool, R_held = rewards_for(run, pool)[2], rewards_for(run, held)[2]
+        R_pool, R_held = rewards_for(run, pool).reward, rewards_for(run, held).reward
         names = run.teacher_names()
         results = []
         for backbone in backbones:
@@ -104,7 +104,8 @@ def router_eval(cfg: RunConfig, *, backbones: list[str] | None = None, probe_siz
                 results.append({"backbone": backbone, "probe_size": k, **metrics,
                                 "fallback_to_bias": getattr(report, "fallback_to_bias", None)})
         evaluated = pool[:max(sizes)] + held
-        Q, L, R = rewards_for(run, evaluated)
+        matrices = rewards_for(run, evaluated)
+        Q, L, R = matrices.quality, matrices.learnability, matrices.reward
         X = np.concatenate(_embed(cfg, backbones[0], pool[:max(sizes)], held))
         frontier = cost_reward_frontier(cfg, X, Q, L, R, max(sizes), kinds or opts.kinds or [cfg.router.kind],
                                         strategies or opts.probe_strategies or [cfg.probe.strategy],

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from persyn.pipeline import Run
     from persyn.prompts import Prompt
+    from persyn.run import Run
 
 OUTPUTS = ("dataset.jsonl", "routing.jsonl", "scores.jsonl", "summary.json", "config.resolved.yaml",
            "router/router.json")

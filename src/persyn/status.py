@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from persyn.config import RunConfig
 from persyn.keys import Keys, current_probe
@@ -12,15 +12,20 @@ from persyn.prompts import Prompt, load_prompts
 from persyn.store import Store
 
 
+class Counts(NamedTuple):
+    done: int
+    pending: int
+
+
 @dataclass
 class Pending:
     """Done and pending work per stage, with the pending generations per teacher."""
 
-    probe: tuple[int, int] = (0, 0)
-    quality: tuple[int, int] | None = None
-    learnability: tuple[int, int] | None = None
-    routed: tuple[int, int] = (0, 0)  # prompts routed by the current router, and not
-    generate: tuple[int, int] = (0, 0)
+    probe: Counts = Counts(0, 0)
+    quality: Counts | None = None
+    learnability: Counts | None = None
+    routed: Counts = Counts(0, 0)  # prompts routed by the current router, and not
+    generate: Counts = Counts(0, 0)
     probe_by_teacher: Counter = field(default_factory=Counter)
     routed_by_teacher: Counter = field(default_factory=Counter)
     unrouted: int = 0  # prompts outside the probe with no routing yet: each needs one generation
@@ -32,25 +37,25 @@ def pending_work(cfg: RunConfig, store: Store, keys: Keys, prompts: list[Prompt]
     pairs = [(keys.generation(t, p), t.name) for p in probe for t in cfg.teachers]
     probe_keys = {k for k, _ in pairs}
     done = store.done_keys(probe_keys)
-    out = Pending(probe=(len(done), len(probe_keys - done)))
+    out = Pending(probe=Counts(len(done), len(probe_keys - done)))
     out.probe_by_teacher.update(name for k, name in dict(pairs).items() if k not in done)
     if cfg.reward.alpha < 1:
         q = store.scores("quality", keys.quality_scorer, sorted(done))
-        out.quality = (len(q), len(probe_keys - set(q)))
+        out.quality = Counts(len(q), len(probe_keys - set(q)))
     if cfg.reward.alpha > 0:
         s = store.scores("learnability", keys.learnability_scorer, sorted(done))
-        out.learnability = (len(s), len(probe_keys - set(s)))
+        out.learnability = Counts(len(s), len(probe_keys - set(s)))
     routing = store.routing()
     fp = store.get_meta("router_fp")
     routed = sum(1 for p in prompts if p.id in routing and routing[p.id].router == keys.route(fp, p))
-    out.routed = (routed, len(prompts) - routed)
+    out.routed = Counts(routed, len(prompts) - routed)
     teachers = {t.name: t for t in cfg.teachers}
     needed = {keys.generation(teachers[name], p): name for p in prompts if p.id in routing
               and not routing[p.id].probe for name in routing[p.id].candidates if name in teachers}
     gdone = store.done_keys(needed)
     out.routed_by_teacher.update(name for k, name in needed.items() if k not in gdone)
     out.unrouted = sum(1 for p in prompts if p.id not in probe_ids and p.id not in routing)
-    out.generate = (len(gdone), len(set(needed) - gdone) + out.unrouted)
+    out.generate = Counts(len(gdone), len(set(needed) - gdone) + out.unrouted)
     return out
 
 
@@ -59,12 +64,12 @@ def redo_phrase(p: Pending) -> str:
     parts = [f"{n} generation{'s' * (n != 1)} of {name}" for name, n in sorted(p.probe_by_teacher.items())]
     parts += [f"{n} routed generation{'s' * (n != 1)} of {name}" for name, n in sorted(p.routed_by_teacher.items())]
     for label, counts in (("quality", p.quality), ("learnability", p.learnability)):
-        if counts and counts[1]:
-            parts.append(f"{label} of {counts[1]} response{'s' * (counts[1] != 1)}")
+        if counts and counts.pending:
+            parts.append(f"{label} of {counts.pending} response{'s' * (counts.pending != 1)}")
     if p.unrouted:
         parts.append(f"routing and generation for {p.unrouted} new prompt{'s' * (p.unrouted != 1)}")
-    elif p.routed[1]:
-        parts.append(f"routing of {p.routed[1]} prompt{'s' * (p.routed[1] != 1)}")
+    elif p.routed.pending:
+        parts.append(f"routing of {p.routed.pending} prompt{'s' * (p.routed.pending != 1)}")
     return ", ".join(parts) or "nothing"
 
 
@@ -74,25 +79,23 @@ def run_status(cfg: RunConfig) -> list[dict[str, Any]]:
     if not (cfg.path / "persyn.sqlite").exists():
         k = min(cfg.probe.resolve(len(prompts)), len(prompts))
         return [{"stage": "probe", "done": 0, "pending": k * len(cfg.teachers), "note": "run not started"}]
-    store = Store.open(cfg.path)
-    try:
+    with Store.open(cfg.path) as store:  # read-only: no run lock, so status works beside a running run
         probe_ids = (set(current_probe(store, cfg, [p.id for p in prompts])) if cfg.probe.strategy == "random"
                      else store.probe_ids())  # diverse and adaptive probes are what the last run chose
         w = pending_work(cfg, store, keys, prompts, probe_ids)
-        rows = [{"stage": "probe", "done": w.probe[0], "pending": w.probe[1],
+        rows = [{"stage": "probe", "done": w.probe.done, "pending": w.probe.pending,
                  "note": f"{len(probe_ids)} prompts x {len(cfg.teachers)} teachers"}]
         if w.quality is not None:
-            rows.append({"stage": "score: quality", "done": w.quality[0], "pending": w.quality[1]})
+            rows.append({"stage": "score: quality", "done": w.quality.done, "pending": w.quality.pending})
         if w.learnability is not None:
-            rows.append({"stage": "score: learnability", "done": w.learnability[0], "pending": w.learnability[1]})
+            rows.append({"stage": "score: learnability", "done": w.learnability.done,
+                         "pending": w.learnability.pending})
         trained = (cfg.path / "router" / "router.json").exists()
         rows.append({"stage": "train-router", "done": int(trained), "pending": int(not trained)})
-        rows.append({"stage": "route", "done": w.routed[0], "pending": w.routed[1]})
-        rows.append({"stage": "generate", "done": w.generate[0], "pending": w.generate[1]})
+        rows.append({"stage": "route", "done": w.routed.done, "pending": w.routed.pending})
+        rows.append({"stage": "generate", "done": w.generate.done, "pending": w.generate.pending})
         failed = store.failed()
         exported = (cfg.path / "summary.json").exists()
         rows.append({"stage": "export", "done": int(exported), "pending": int(not exported),
                      "note": f"{len(failed)} failed generations to retry" if failed else ""})
         return rows
-    finally:
-        store.close()

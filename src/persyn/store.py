@@ -125,10 +125,17 @@ class Store:
 
     @classmethod
     def open(cls, run_dir: str | Path) -> Store:
+        """The run_dir's store; `with Store.open(run_dir) as store:` closes it on the way out."""
         return cls(Path(run_dir) / "persyn.sqlite")
 
     def close(self) -> None:
         self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -1,90 +1,138 @@
 """Data-selection strategies: which teacher answers each prompt. PerSyn's router and the paper's baselines.
 
-Every strategy picks one teacher per prompt over the same prompts, so every dataset has the same size. A strategy
-declares what it reads: `uses_probe` (every teacher on the probe prompts) and `needs_all_responses` (every
-teacher on every prompt, which Generate-then-Select costs); its cost is counted from exactly those generations.
+Every strategy is a pure function of `SelectionInputs` (teacher names, the config's choices and the reward
+matrices that persyn.compare gathers before any strategy runs) and picks one teacher per prompt, so every
+dataset has the same size. A strategy declares what it reads: `reads_probe` (every teacher on the probe prompts)
+and `needs_all_responses` (every teacher on every prompt, which Generate-then-Select costs); compare generates
+exactly those up front and counts a strategy's cost from them.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from persyn.config import CompareConfig
+from persyn.config import CompareConfig, RunConfig
 from persyn.errors import ConfigError, PersynError
-from persyn.pipeline import Run, generate_pairs, probe_rewards, rewards_for, score_prompts
-from persyn.prompts import Prompt
+
+if TYPE_CHECKING:
+    from persyn.run import RewardMatrices
 
 
-@dataclass
-class SelectionContext:
-    """What strategies read: the run, its prompts, the probe's scores, and (on demand) every response's scores."""
+@dataclass(frozen=True)
+class SelectionInputs:
+    """What the strategies read. The config's part is there from the start (`from_config`, enough for `check`);
+    compare fills in the matrices and routes the chosen strategies need."""
 
-    run: Run
-    prompts: list[Prompt]
+    teachers: list[str]
+    families: dict[str, str | None]
+    student_family: str | None
+    alpha: float
     options: CompareConfig
-    _probe: tuple | None = field(default=None, repr=False)
-    _full: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    n_prompts: int
+    probe: RewardMatrices | None = None  # every teacher on the probe prompts
+    everything: RewardMatrices | None = None  # every teacher on every prompt (Generate-then-Select)
+    routes: list[str | None] | None = None  # the router's teacher per prompt as `persyn run` stored it; None: unrouted
+    router_report: dict[str, Any] | None = None
 
-    @property
-    def teacher_names(self) -> list[str]:
-        return self.run.teacher_names()
-
-    def probe(self) -> tuple[list[Prompt], np.ndarray, np.ndarray, np.ndarray]:
-        """(probe prompts, quality, learnability, combined reward), each matrix [probe, T]."""
-        if self._probe is None:
-            self._probe = probe_rewards(self.run)
-        return self._probe
-
-    def full(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Quality, learnability and reward [P, T] over every prompt: generates and scores what is missing."""
-        if self._full is None:
-            teachers = self.run.cfg.teachers
-            generate_pairs(self.run, [(p, t) for p in self.prompts for t in teachers], "all responses")
-            score_prompts(self.run, self.prompts, "all responses")
-            self._full = rewards_for(self.run, self.prompts)
-        return self._full
-
-    def strength(self, names: list[str] | None = None) -> dict[str, float]:
-        """Mean raw quality of each teacher on the probe (mean combined reward when quality is not scored)."""
-        _, quality, _, rewards = self.probe()
-        values = quality if np.isfinite(quality).any() else rewards
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            means = np.nanmean(values, axis=0)
-        out = {n: float(m) if np.isfinite(m) else float("-inf") for n, m in zip(self.teacher_names, means, strict=True)}
-        return {n: v for n, v in out.items() if names is None or n in names}
+    @classmethod
+    def from_config(cls, cfg: RunConfig, n_prompts: int) -> SelectionInputs:
+        return cls(teachers=[t.name for t in cfg.teachers], families={t.name: t.family for t in cfg.teachers},
+                   student_family=cfg.student.family if cfg.student is not None else None,
+                   alpha=cfg.reward.alpha, options=cfg.compare, n_prompts=n_prompts)
 
     def teacher(self, name: str, key: str) -> str:
-        if name not in self.teacher_names:
-            raise ConfigError(f"no teacher named {name!r} (teachers: {', '.join(self.teacher_names)})", key=key)
+        if name not in self.teachers:
+            raise ConfigError(f"no teacher named {name!r} (teachers: {', '.join(self.teachers)})", key=key)
         return name
+
+    def probe_matrices(self) -> RewardMatrices:
+        if self.probe is None:
+            raise PersynError("the probe's reward matrices were not gathered (persyn.compare.prepare_inputs)")
+        return self.probe
+
+    def all_matrices(self) -> RewardMatrices:
+        if self.everything is None:
+            raise PersynError("every teacher's response on every prompt was not gathered "
+                              "(persyn.compare.prepare_inputs does it for strategies that need it)")
+        return self.everything
 
 
 @dataclass
 class Selection:
     strategy: str
-    teachers: list[str | None]  # per prompt, aligned with the context's prompts; None: no usable response
+    teachers: list[str | None]  # per prompt, aligned with the inputs' prompts; None: no usable response
     info: dict[str, Any] = field(default_factory=dict)
 
 
+# Pure selection rules over reward matrices ------------------------------------------------------------------
+
+def argmax_or_none(row: np.ndarray) -> int | None:
+    return None if not np.isfinite(row).any() else int(np.nanargmax(row))
+
+
+def oracle_choice(reward: np.ndarray, teachers: list[str]) -> list[str | None]:
+    """Per prompt, the teacher whose response has the highest combined reward [P, T] (None: no usable one)."""
+    picks = [argmax_or_none(row) for row in reward]
+    return [None if i is None else teachers[i] for i in picks]
+
+
+def teacher_strength(probe: RewardMatrices, teachers: list[str]) -> dict[str, float]:
+    """Mean raw quality of each teacher on the probe (mean combined reward when quality is not scored)."""
+    values = probe.quality if np.isfinite(probe.quality).any() else probe.reward
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(values, axis=0)
+    return {n: float(m) if np.isfinite(m) else float("-inf") for n, m in zip(teachers, means, strict=True)}
+
+
+def strongest(strength: dict[str, float]) -> str:
+    """The highest strength; ties go to the teacher listed first."""
+    return max(strength, key=lambda n: (strength[n], -list(strength).index(n)))
+
+
+def weakest(strength: dict[str, float]) -> str:
+    """The lowest strength; ties go to the teacher listed first."""
+    return min(strength, key=lambda n: (strength[n], list(strength).index(n)))
+
+
+def mix_choice(strong: str, weak: str, n_prompts: int, strong_share: float, seed: int) -> list[str]:
+    """Strong or weak per prompt, strong with probability strong_share, from a seeded draw."""
+    rng = random.Random(f"mix:{seed}")
+    return [strong if rng.random() < strong_share else weak for _ in range(n_prompts)]
+
+
+def car_values(quality: np.ndarray, learnability: np.ndarray, beta: float) -> np.ndarray:
+    """[T] CAR per teacher: mean quality / (1 + beta * mean loss), loss = -learnability (mean token NLL)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(quality, 0) / (1 + beta * np.nanmean(-learnability, 0))
+
+
+def random_choice(teachers: list[str], n_prompts: int, seed: int) -> list[str]:
+    """A teacher drawn uniformly per prompt (seeded)."""
+    rng = random.Random(f"random:{seed}")
+    return [rng.choice(teachers) for _ in range(n_prompts)]
+
+
+# Strategies: each names its rule, checks its settings and says what it reads ----------------------------------
+
 class Strategy:
     name: ClassVar[str]
-    uses_probe: ClassVar[bool] = True
     needs_all_responses: ClassVar[bool] = False
 
-    def select(self, ctx: SelectionContext) -> Selection:
-        raise NotImplementedError
+    def check(self, inputs: SelectionInputs) -> None:
+        """Raise ConfigError for settings that cannot work; called before anything is generated."""
 
-    def reads_probe(self, ctx: SelectionContext) -> bool:
-        return self.uses_probe
+    def reads_probe(self, inputs: SelectionInputs) -> bool:
+        return True
+
+    def select(self, inputs: SelectionInputs) -> Selection:
+        raise NotImplementedError
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}
@@ -101,27 +149,18 @@ def make_strategy(name: str) -> Strategy:
     return STRATEGIES[name]()
 
 
-def _argmax(row: np.ndarray) -> int | None:
-    return None if not np.isfinite(row).any() else int(np.nanargmax(row))
-
-
-def _best(strength: dict[str, float]) -> str:
-    return max(strength, key=lambda n: (strength[n], -list(strength).index(n)))
-
-
 @register_strategy
 class PerSynStrategy(Strategy):
     """The router's choice (probe prompts keep their best probe response), as `persyn run` routed them."""
 
     name = "persyn"
 
-    def select(self, ctx: SelectionContext) -> Selection:
-        routing = ctx.run.store.routing()
-        missing = [p.id for p in ctx.prompts if p.id not in routing]
+    def select(self, inputs: SelectionInputs) -> Selection:
+        routes = inputs.routes if inputs.routes is not None else [None] * inputs.n_prompts
+        missing = sum(r is None for r in routes)
         if missing:
-            raise PersynError(f"{len(missing)} prompts are not routed yet: run `persyn run` on this config first")
-        return Selection(self.name, [routing[p.id][0] for p in ctx.prompts],
-                         {"router": ctx.run.store.get_meta("router_report")})
+            raise PersynError(f"{missing} prompts are not routed yet: run `persyn run` on this config first")
+        return Selection(self.name, list(routes), {"router": inputs.router_report})
 
 
 @register_strategy
@@ -129,14 +168,20 @@ class OracleStrategy(Strategy):
     """Per-prompt argmax of the combined reward over every teacher's response (Generate-then-Select)."""
 
     name = "oracle"
-    uses_probe = False
     needs_all_responses = True
 
-    def select(self, ctx: SelectionContext) -> Selection:
-        _, _, rewards = ctx.full()
-        names = ctx.teacher_names
-        picks = [_argmax(row) for row in rewards]
-        return Selection(self.name, [None if i is None else names[i] for i in picks])
+    def reads_probe(self, inputs: SelectionInputs) -> bool:
+        return False
+
+    def select(self, inputs: SelectionInputs) -> Selection:
+        return Selection(self.name, oracle_choice(inputs.all_matrices().reward, inputs.teachers))
+
+
+def strong_teacher(inputs: SelectionInputs) -> str:
+    """compare.strong_teacher, or the highest mean probe quality."""
+    if inputs.options.strong_teacher is not None:
+        return inputs.teacher(inputs.options.strong_teacher, "compare.strong_teacher")
+    return strongest(teacher_strength(inputs.probe_matrices(), inputs.teachers))
 
 
 @register_strategy
@@ -145,18 +190,16 @@ class StrongStrategy(Strategy):
 
     name = "strong"
 
-    def reads_probe(self, ctx: SelectionContext) -> bool:
-        return ctx.options.strong_teacher is None
+    def check(self, inputs: SelectionInputs) -> None:
+        if inputs.options.strong_teacher is not None:
+            inputs.teacher(inputs.options.strong_teacher, "compare.strong_teacher")
 
-    def select(self, ctx: SelectionContext) -> Selection:
-        name = strong_teacher(ctx)
-        return Selection(self.name, [name] * len(ctx.prompts), {"teacher": name})
+    def reads_probe(self, inputs: SelectionInputs) -> bool:
+        return inputs.options.strong_teacher is None
 
-
-def strong_teacher(ctx: SelectionContext) -> str:
-    if ctx.options.strong_teacher is not None:
-        return ctx.teacher(ctx.options.strong_teacher, "compare.strong_teacher")
-    return _best(ctx.strength())
+    def select(self, inputs: SelectionInputs) -> Selection:
+        name = strong_teacher(inputs)
+        return Selection(self.name, [name] * inputs.n_prompts, {"teacher": name})
 
 
 @register_strategy
@@ -165,23 +208,29 @@ class FamilyStrongStrategy(Strategy):
 
     name = "family-strong"
 
-    def family_members(self, ctx: SelectionContext) -> list[str]:
-        cfg = ctx.run.cfg
-        family = cfg.student.family if cfg.student is not None else None
+    def family_members(self, inputs: SelectionInputs) -> list[str]:
+        family = inputs.student_family
         if family is None:
             raise ConfigError("family-strong needs the student's family", key="student.family")
-        members = [t.name for t in cfg.teachers if t.family == family]
+        members = [n for n in inputs.teachers if inputs.families[n] == family]
         if not members:
             raise ConfigError(f"no teacher has family {family!r}", key="student.family")
         return members
 
-    def reads_probe(self, ctx: SelectionContext) -> bool:
-        return len(self.family_members(ctx)) > 1
+    def check(self, inputs: SelectionInputs) -> None:
+        self.family_members(inputs)
 
-    def select(self, ctx: SelectionContext) -> Selection:
-        members = self.family_members(ctx)
-        name = members[0] if len(members) == 1 else _best(ctx.strength(members))
-        return Selection(self.name, [name] * len(ctx.prompts), {"teacher": name, "family": members})
+    def reads_probe(self, inputs: SelectionInputs) -> bool:
+        return len(self.family_members(inputs)) > 1
+
+    def select(self, inputs: SelectionInputs) -> Selection:
+        members = self.family_members(inputs)
+        if len(members) == 1:
+            name = members[0]
+        else:
+            strength = teacher_strength(inputs.probe_matrices(), inputs.teachers)
+            name = strongest({n: v for n, v in strength.items() if n in members})
+        return Selection(self.name, [name] * inputs.n_prompts, {"teacher": name, "family": members})
 
 
 @register_strategy
@@ -190,21 +239,29 @@ class MixStrategy(Strategy):
 
     name = "mix"
 
-    def reads_probe(self, ctx: SelectionContext) -> bool:
-        return ctx.options.strong_teacher is None or ctx.options.weak_teacher is None
-
-    def select(self, ctx: SelectionContext) -> Selection:
-        opts = ctx.options
-        strong = strong_teacher(ctx)
+    def check(self, inputs: SelectionInputs) -> None:
+        opts = inputs.options
+        if opts.strong_teacher is not None:
+            inputs.teacher(opts.strong_teacher, "compare.strong_teacher")
         if opts.weak_teacher is not None:
-            weak = ctx.teacher(opts.weak_teacher, "compare.weak_teacher")
+            inputs.teacher(opts.weak_teacher, "compare.weak_teacher")
+            if opts.weak_teacher == opts.strong_teacher:
+                raise ConfigError("the weak teacher is the strong one", key="compare.weak_teacher")
+
+    def reads_probe(self, inputs: SelectionInputs) -> bool:
+        return inputs.options.strong_teacher is None or inputs.options.weak_teacher is None
+
+    def select(self, inputs: SelectionInputs) -> Selection:
+        opts = inputs.options
+        strong = strong_teacher(inputs)
+        if opts.weak_teacher is not None:
+            weak = inputs.teacher(opts.weak_teacher, "compare.weak_teacher")
         else:
-            strength = {n: v for n, v in ctx.strength().items() if n != strong}
-            weak = min(strength, key=lambda n: (strength[n], list(strength).index(n)))
+            strength = teacher_strength(inputs.probe_matrices(), inputs.teachers)
+            weak = weakest({n: v for n, v in strength.items() if n != strong})
         if weak == strong:
             raise ConfigError("the weak teacher is the strong one", key="compare.weak_teacher")
-        rng = random.Random(f"mix:{opts.seed}")
-        picks = [strong if rng.random() < opts.mix_strong_share else weak for _ in ctx.prompts]
+        picks = mix_choice(strong, weak, inputs.n_prompts, opts.mix_strong_share, opts.seed)
         return Selection(self.name, picks, {"strong": strong, "weak": weak, "strong_share": opts.mix_strong_share})
 
 
@@ -213,28 +270,25 @@ class CARStrategy(Strategy):
     """One teacher for all: argmax of mean quality / (1 + beta * mean student loss) over every prompt (CAR)."""
 
     name = "car"
-    uses_probe = False
     needs_all_responses = True
 
-    def select(self, ctx: SelectionContext) -> Selection:
-        alpha = ctx.run.cfg.reward.alpha
-        if not 0 < alpha < 1:
+    def check(self, inputs: SelectionInputs) -> None:
+        if not 0 < inputs.alpha < 1:
             raise ConfigError("car needs both quality and the student's learnability: 0 < reward.alpha < 1",
                               key="reward.alpha")
-        quality, learn, _ = ctx.full()
-        values = car_values(quality, learn, ctx.options.car_beta)
-        names = ctx.teacher_names
-        name = names[_argmax(values)] if np.isfinite(values).any() else None
-        car = {n: (float(v) if np.isfinite(v) else None) for n, v in zip(names, values, strict=True)}
-        return Selection(self.name, [name] * len(ctx.prompts), {"teacher": name, "beta": ctx.options.car_beta,
-                                                                "car": car})
 
+    def reads_probe(self, inputs: SelectionInputs) -> bool:
+        return False
 
-def car_values(quality: np.ndarray, learnability: np.ndarray, beta: float) -> np.ndarray:
-    """[T] CAR per teacher: mean quality / (1 + beta * mean loss), loss = -learnability (mean token NLL)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(quality, 0) / (1 + beta * np.nanmean(-learnability, 0))
+    def select(self, inputs: SelectionInputs) -> Selection:
+        self.check(inputs)
+        everything = inputs.all_matrices()
+        beta = inputs.options.car_beta
+        values = car_values(everything.quality, everything.learnability, beta)
+        best = argmax_or_none(values)
+        name = None if best is None else inputs.teachers[best]
+        car = {n: (float(v) if np.isfinite(v) else None) for n, v in zip(inputs.teachers, values, strict=True)}
+        return Selection(self.name, [name] * inputs.n_prompts, {"teacher": name, "beta": beta, "car": car})
 
 
 @register_strategy
@@ -242,68 +296,12 @@ class RandomStrategy(Strategy):
     """A teacher drawn uniformly per prompt (seeded)."""
 
     name = "random"
-    uses_probe = False
 
-    def select(self, ctx: SelectionContext) -> Selection:
-        rng = random.Random(f"random:{ctx.options.seed}")
-        return Selection(self.name, [rng.choice(ctx.teacher_names) for _ in ctx.prompts])
+    def reads_probe(self, inputs: SelectionInputs) -> bool:
+        return False
 
-
-# Datasets and costs -----------------------------------------------------------------------------------------
-
-def build_dataset(ctx: SelectionContext, selection: Selection, out_dir: Path) -> dict[str, Any]:
-    """Generate the chosen responses the store lacks, write out_dir/dataset.jsonl, return counts and costs."""
-    run, cfg = ctx.run, ctx.run.cfg
-    teachers = {t.name: t for t in cfg.teachers}
-    chosen = [(p, teachers[n]) for p, n in zip(ctx.prompts, selection.teachers, strict=True) if n is not None]
-    generate_pairs(run, chosen, selection.strategy)
-    gens = run.store.generations(run.keys.generation(t, p) for p, t in chosen)
-    probe_ids = run.store.probe_ids()
-    rows, missing = [], [p.id for p, n in zip(ctx.prompts, selection.teachers, strict=True) if n is None]
-    for p, t in chosen:
-        g = gens.get(run.keys.generation(t, p))
-        if g is None or g.error is not None:
-            missing.append(p.id)
-            continue
-        source = ("probe" if p.id in probe_ids else "routed") if selection.strategy == "persyn" else selection.strategy
-        rows.append({"id": p.id, "messages": [{"role": "user", "content": p.text},
-                                              {"role": "assistant", "content": g.text}],
-                     "teacher": t.name, "source": source})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "dataset.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(out_dir / "dataset.jsonl")
-    strategy = make_strategy(selection.strategy)
-    counts = Counter(r["teacher"] for r in rows)
-    summary = {
-        "strategy": selection.strategy, "rows": len(rows), "missing": missing,
-        "teacher_counts": {n: counts.get(n, 0) for n in teachers},
-        "needs_all_responses": strategy.needs_all_responses,
-        **selection_cost(ctx, selection, uses_probe=strategy.reads_probe(ctx),
-                         needs_all=strategy.needs_all_responses),
-        "info": selection.info,
-    }
-    (out_dir / "selection.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    return summary
-
-
-def selection_cost(ctx: SelectionContext, selection: Selection, *, uses_probe: bool,
-                   needs_all: bool) -> dict[str, Any]:
-    """Generations (and their tokens and cost) the strategy needs on its own, counted from the store."""
-    cfg = ctx.run.cfg
-    teachers = {t.name: t for t in cfg.teachers}
-    gen_key = ctx.run.keys.generation
-    keys = {gen_key(teachers[n], p) for p, n in zip(ctx.prompts, selection.teachers, strict=True) if n}
-    if uses_probe:
-        probe_ids = ctx.run.store.probe_ids()
-        keys |= {gen_key(t, p) for p in ctx.prompts if p.id in probe_ids for t in cfg.teachers}
-    if needs_all:
-        keys |= {gen_key(t, p) for p in ctx.prompts for t in cfg.teachers}
-    gens = [g for g in ctx.run.store.generations(keys).values() if g.error is None]
-    price = {n: t.cost_per_1k_tokens for n, t in teachers.items()}
-    cost = sum(g.cost or (g.prompt_tokens + g.completion_tokens) / 1000 * price.get(g.teacher, 0.0) for g in gens)
-    return {"generations": len(gens), "generations_needed": len(keys),
-            "tokens": sum(g.completion_tokens for g in gens), "cost": round(cost, 6)}
+    def select(self, inputs: SelectionInputs) -> Selection:
+        return Selection(self.name, random_choice(inputs.teachers, inputs.n_prompts, inputs.options.seed))
 
 
 def selected_rewards(selection: Selection, names: list[str], rewards: np.ndarray) -> np.ndarray:
@@ -316,4 +314,3 @@ def selected_rewards(selection: Selection, names: list[str], rewards: np.ndarray
     values = [rewards[i, index[n]] for i, n in enumerate(selection.teachers) if n is not None and compared[i]]
     arr = np.asarray(values, dtype=float)
     return arr[np.isfinite(arr)]
-

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from persyn.chat import format_prompt, format_response, uses_few_shot
 from persyn.errors import ConfigError, InputError
+from persyn.models import resolve, resolve_device, training_precision
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +84,6 @@ class TrainResult:
     seconds: float
 
 
-def resolve_model(spec: str, *, trust_remote_code: bool = False) -> str:
-    """A local HF directory for `spec` (persyn.models when present, else the spec itself as a path)."""
-    try:
-        from persyn.models import resolve
-    except ImportError:
-        return spec
-    return resolve(spec, trust_remote_code=trust_remote_code)
-
-
 def read_sft_rows(path: Path) -> list[dict[str, Any]]:
     """Validated exported rows; bad rows raise InputError naming the file, line and field."""
     from persyn.prompts import read_rows
@@ -140,23 +132,16 @@ def _chat_template_text(value: str) -> str:
     return value
 
 
-def _use_bf16(cfg: TrainConfig) -> bool:
-    import torch
-
-    if cfg.bf16 is not None:
-        return cfg.bf16
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
 def build_trainer(cfg: TrainConfig, dataset_path: Path) -> Any:
     """An SFTTrainer ready to train (its train_dataset holds the tokenized, label-masked rows)."""
-    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import SFTConfig, SFTTrainer
 
     rows = read_sft_rows(Path(dataset_path))
-    model_dir = resolve_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model_dir = resolve(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    device = resolve_device()
+    weights_dtype, bf16 = training_precision(cfg.bf16, device)
     set_seed(cfg.seed)  # before model loading: LoRA adapters are initialised inside SFTTrainer.__init__
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
     few_shot = uses_few_shot(tokenizer, None, cfg.chat_template)
@@ -164,11 +149,9 @@ def build_trainer(cfg: TrainConfig, dataset_path: Path) -> Any:
         tokenizer.chat_template = _chat_template_text(cfg.chat_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # fp32 master weights; bf16 runs under autocast (mixed precision), which keeps AdamW updates exact.
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=weights_dtype, use_safetensors=True,
                                                  trust_remote_code=cfg.trust_remote_code)
     dataset = Dataset.from_list(to_prompt_completion(rows, tokenizer, few_shot=few_shot, source=str(dataset_path)))
-    cuda = torch.cuda.is_available()
     args = SFTConfig(
         output_dir=cfg.output_dir,
         num_train_epochs=cfg.epochs,
@@ -179,8 +162,8 @@ def build_trainer(cfg: TrainConfig, dataset_path: Path) -> Any:
         max_length=cfg.max_length,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=_use_bf16(cfg),
-        use_cpu=not cuda,
+        bf16=bf16,
+        use_cpu=device == "cpu",
         logging_steps=cfg.logging_steps,
         **_warmup(SFTConfig, cfg.warmup_ratio),
         completion_only_loss=True,

@@ -20,6 +20,7 @@ from typing import Any
 
 from persyn.backends.base import GenRequest, GenResult, batched, register_backend
 from persyn.errors import ConfigError, InputError
+from persyn.models.cache import sha256_memo
 from persyn.prompts import jsonl_rows_at, read_rows
 
 _INDEX_VERSION = 1
@@ -37,14 +38,6 @@ def _number(value: Any, *, file: str, line: int, field: str) -> float | None:
     return value
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _prompt_key(prompt: str) -> bytes:
     return hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).digest()[:16]
 
@@ -59,7 +52,9 @@ class RecordedBackend:
         if not self.path.is_file():
             raise ConfigError(f"responses file not found: {self.path}", key=f"teachers.{teacher.name}.model")
         self.teacher = teacher
-        self._sha = file_sha256(self.path)
+        # Remembered by (path, size, mtime, inode, ctime), across processes: an unchanged file is not read again,
+        # and an edited one always changes its ctime.
+        self._sha = sha256_memo(self.path)
         self._digest = self._sha[:16]
         self._db: sqlite3.Connection | None = None
         self._fh: Any = None

@@ -115,8 +115,9 @@ class TransformersBackend:
         except torch.OutOfMemoryError:
             if len(batch) == 1:
                 raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            from persyn.models import empty_gpu_cache
+
+            empty_gpu_cache()
             half = len(batch) // 2
             return self._run_batch(batch[:half], texts, params) + self._run_batch(batch[half:], texts, params)
         eos = _eos_ids(model, tokenizer)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from persyn.errors import ConfigError
-from persyn.models import resolve
+from persyn.models import resolve, resolve_device, resolve_dtype
 
 Pooling = Literal["mean", "last"]
 
@@ -157,7 +157,7 @@ class Embedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(self.device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=self.trust_remote_code)
             if self._loaded_lm is not None:  # its decoder is what AutoModel would load from the same weights
@@ -167,7 +167,7 @@ class Embedder:
             else:
                 model = AutoModel.from_pretrained(self.model_dir, trust_remote_code=self.trust_remote_code,
                                                   use_safetensors=True,  # never unpickle a checkpoint
-                                                  dtype=torch.float32 if device == "cpu" else torch.bfloat16)
+                                                  dtype=resolve_dtype("auto", device))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load embedding backbone {self.backbone!r} from {self.model_dir}: {exc}",
                               key="router.backbone") from exc

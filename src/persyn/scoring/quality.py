@@ -173,29 +173,24 @@ class RewardModelScorer:
     def from_config(cls, cfg: QualityConfig) -> RewardModelScorer:
         if not cfg.model:
             raise ConfigError("the reward_model quality scorer needs a model", key="quality.model")
-        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        location = cfg.model
-        try:  # registry names and .gguf files, when the model registry is installed
-            from persyn.models import resolve
-        except ImportError:
-            pass
-        else:
-            try:
-                location = resolve(cfg.model, trust_remote_code=cfg.trust_remote_code)
-            except ConfigError as exc:
-                raise ConfigError(str(exc), key="quality.model") from None
+        from persyn.models import resolve, resolve_device, resolve_dtype
+
+        try:  # registry names and .gguf files too
+            location = resolve(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        except ConfigError as exc:
+            raise ConfigError(str(exc), key="quality.model") from None
+        device = resolve_device()
         try:
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=cfg.trust_remote_code)
             model = AutoModelForSequenceClassification.from_pretrained(
-                location, trust_remote_code=cfg.trust_remote_code, dtype="auto", use_safetensors=True)
+                location, trust_remote_code=cfg.trust_remote_code, dtype=resolve_dtype("auto", device),
+                use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load reward model {cfg.model!r}: {exc}".splitlines()[0],
                               key="quality.model") from None
-        if torch.cuda.is_available():
-            model = model.to("cuda")
-        return cls(model.eval(), tokenizer, batch_size=cfg.batch_size, max_length=cfg.max_length)
+        return cls(model.to(device).eval(), tokenizer, batch_size=cfg.batch_size, max_length=cfg.max_length)
 
     def conversation(self, prompt: str, response: str) -> str:
         return self.tokenizer.apply_chat_template(

@@ -1,4 +1,4 @@
-"""CLI commands for testing the paper's claims: router-eval, train, eval, compare (registered on persyn.cli.app)."""
+"""Commands that test the paper's claims: router-eval, train, eval and compare."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from persyn.cli import ConfigArg, _config, app, console
+from persyn.cli.app import ConfigArg, app, console, load_run_config
 from persyn.errors import ConfigError
 
 
@@ -37,7 +37,7 @@ def router_eval_cmd(
     from persyn.router import router_kinds
     from persyn.router_eval import router_eval
 
-    cfg = _config(config)
+    cfg = load_run_config(config)
     for k in kind or []:
         if k not in router_kinds():
             raise ConfigError(f"unknown router kind {k!r}; known: {', '.join(router_kinds())}", key="--kind")
@@ -117,11 +117,11 @@ def eval_cmd(
     max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget per answer.")] = None,
 ) -> None:
     """Evaluate a model on GSM8K, IFEval and/or lm-evaluation-harness tasks; results are JSON."""
-    from persyn.evaluate import evaluate
+    from persyn.eval import evaluate
 
     specs: list[dict] = []
     if config is not None:
-        specs += [b.model_dump(exclude_none=True) for b in _config(config).eval.benchmarks]
+        specs += [b.model_dump(exclude_none=True) for b in load_run_config(config).eval.benchmarks]
     extra = {k: v for k, v in (("n", n), ("max_new_tokens", max_new_tokens)) if v is not None}
     if gsm8k is not None:
         specs.append({"name": "gsm8k", "test_path": str(gsm8k), "shots": shots, **extra})
@@ -148,7 +148,7 @@ def compare_cmd(
     """Build each strategy's dataset, train and evaluate one student per strategy and seed, write report.md."""
     from persyn.compare import compare_dir, run_compare
 
-    cfg = _config(config)
+    cfg = load_run_config(config)
     results = run_compare(cfg, strategies=strategy, train=False if no_train else None)
     table = Table(title="strategies")
     for c in ("strategy", "rows", "generations", "tokens", "runs"):

@@ -1,32 +1,15 @@
-"""The command line: thin Typer commands over the Python API."""
+"""The pipeline's commands: run, each stage alone, export, report, status, the Batch API route, models and
+config-docs."""
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from persyn.errors import PersynError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="PerSyn: route each prompt to the teacher that suits your student, then generate.")
-models_app = typer.Typer(no_args_is_help=True, help="Fetch and inspect the model registry.")
-app.add_typer(models_app, name="models")
-console = Console(soft_wrap=True)
-
-ConfigArg = Annotated[Path, typer.Argument(help="Run configuration (YAML).")]
-
-
-def _config(path: Path):
-    from persyn.config import load_config
-
-    return load_config(path)
+from persyn.cli.app import ConfigArg, app, console, load_run_config, models_app
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
@@ -68,7 +51,7 @@ def run(config: ConfigArg) -> None:
     """Run every stage; a re-run resumes and makes no generation twice."""
     from persyn.pipeline import run_stages
 
-    cfg = _config(config)
+    cfg = load_run_config(config)
     result = run_stages(cfg)
     _print_summary(result.summary, cfg.path)
     if result.up_to_date and (cfg.path / "report.html").exists():
@@ -87,7 +70,7 @@ def _stage_command(stage: str):
     def command(config: ConfigArg) -> None:
         from persyn.pipeline import run_stages
 
-        cfg = _config(config)
+        cfg = load_run_config(config)
         result = run_stages(cfg, [stage])
         if stage == "export":
             _print_summary(result.summary, cfg.path)
@@ -119,7 +102,7 @@ def export(
     from persyn.formats import check_format, check_hub, push_to_hub, require_run, write_export
     from persyn.pipeline import run_stages
 
-    cfg = _config(config)
+    cfg = load_run_config(config)
     if hub_repo and fmt is None:
         fmt = "hf"
     if fmt is not None:
@@ -142,7 +125,7 @@ def report(config: ConfigArg,
            rows_per_teacher: Annotated[int, typer.Option(min=1, help="Example rows shown per teacher.")] = 50
            ) -> None:
     """Redraw run_dir/report.html, one self-contained page, from the run's exported files."""
-    _write_report(_config(config), per_teacher=rows_per_teacher)
+    _write_report(load_run_config(config), per_teacher=rows_per_teacher)
 
 
 @app.command()
@@ -150,7 +133,7 @@ def status(config: ConfigArg) -> None:
     """Show what is done and what is pending in a run."""
     from persyn.status import run_status
 
-    cfg = _config(config)
+    cfg = load_run_config(config)
     table = Table(title=f"persyn status: {cfg.run_dir}")
     table.add_column("stage")
     table.add_column("done", justify="right")
@@ -168,7 +151,7 @@ def batch_export(config: ConfigArg,
     """Write the requests a stage still needs as OpenAI Batch API files, one per teacher."""
     from persyn.batch_route import export_pending
 
-    for name, (path, n) in export_pending(_config(config), stage, out).items():
+    for name, (path, n) in export_pending(load_run_config(config), stage, out).items():
         console.print(f"{name}: {n} requests -> {path}")
 
 
@@ -180,7 +163,7 @@ def batch_import(config: ConfigArg,
     """Store a Batch API results file; only requests still pending are taken, failed ones stay pending."""
     from persyn.batch_route import import_results
 
-    counts = import_results(_config(config), stage, teacher, results)
+    counts = import_results(load_run_config(config), stage, teacher, results)
     console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
 
 
@@ -215,61 +198,3 @@ def config_docs(out: Annotated[Path, typer.Option(help="Where to write the refer
         console.print(f"{out}: {'current' if current else 'stale: run persyn config-docs'}")
         raise typer.Exit(0 if current else 1)
     console.print(f"{out}: {'written' if write(out) else 'already current'}")
-
-
-# Commands for baselines, router evaluation, student training and evaluation live in their own module.
-from persyn import cli_experiments  # noqa: E402,F401
-
-
-def _interrupted() -> None:
-    Console(stderr=True).print("\ninterrupted: everything finished so far is saved; run the same command "
-                               "again to resume.", highlight=False, soft_wrap=True)
-    sys.exit(130)
-
-
-def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    """(usage errors, aborts) of click and of the copy of click that typer >= 0.24 vendors as typer._click."""
-    import importlib
-
-    usage: list[type] = []
-    abort: list[type] = [typer.Abort]
-    for name in ("typer._click.exceptions", "click.exceptions"):
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        usage.append(mod.ClickException)
-        if hasattr(mod, "Abort"):  # typer keeps its own Abort (typer.Abort) out of the vendored module
-            abort.append(mod.Abort)
-    return tuple(usage), tuple(abort)
-
-
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        # Outside standalone mode Typer returns exit codes instead of exiting: 130 is its Ctrl-C.
-        code = app(args=argv, standalone_mode=False)
-    except PersynError as exc:
-        # escape: "p.jsonl:2 [prompt]" and "teachers[b]" are not Rich markup
-        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        _interrupted()
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors: an unknown command or option, a missing argument
-        usage, abort = _click_exceptions()
-        if isinstance(exc, usage):
-            exc.show()  # click's usage line, a hint and one "Error: ..." line; no traceback
-            sys.exit(2)
-        if isinstance(exc, abort):
-            _interrupted()
-        raise
-    if code == 130:
-        _interrupted()
-    if isinstance(code, int) and code:
-        sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

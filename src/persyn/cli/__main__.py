@@ -1,0 +1,3 @@
+from persyn.cli.entry import main
+
+main()
