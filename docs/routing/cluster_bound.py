@@ -7,7 +7,7 @@ cluster to its best teacher:
 - half-split: chosen on 400 random prompts, scored on the other 405 (20 splits), against the best single teacher
   of the same 400.
 
-    python docs/routing/cluster_bound.py [--alpha 0.4]     # from the repository root; reads alpaca_pool_scores.jsonl
+    python docs/routing/cluster_bound.py [--alpha 0.4] [--scores docs/routing/alpaca_pool_scores.jsonl]
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from persyn.scoring.reward import reward_matrix
 SCORES = Path(__file__).resolve().parent / "alpaca_pool_scores.jsonl"
 
 
-def rewards(alpha: float) -> tuple[list[str], list[str], np.ndarray]:
-    rows = [json.loads(line) for line in SCORES.open(encoding="utf-8")]
+def rewards(alpha: float, scores: Path = SCORES) -> tuple[list[str], list[str], np.ndarray]:
+    rows = [json.loads(line) for line in scores.open(encoding="utf-8")]
     teachers = sorted({r["teacher"] for r in rows})
     ids = list(dict.fromkeys(r["prompt_id"] for r in rows))
     text = {r["prompt_id"]: r["instruction"] for r in rows}
@@ -48,8 +48,9 @@ def gap(routed: float, single: float, oracle: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--alpha", type=float, default=0.4)
+    ap.add_argument("--scores", type=Path, default=SCORES, help="a scores JSONL written by make_pool.py --dump")
     args = ap.parse_args()
-    teachers, texts, R = rewards(args.alpha)
+    teachers, texts, R = rewards(args.alpha, args.scores)
     best = int(R.mean(0).argmax())
     single, oracle = R[:, best].mean(), R.max(1).mean()
     print(f"alpha {args.alpha}: best single teacher {teachers[best]} {single:.3f}, oracle {oracle:.3f}")

@@ -8,6 +8,7 @@ This script joins them back onto the responses, one recorded-teacher file per mo
 
     python docs/routing/make_pool.py            # from the repository root, ../shared beside it
     python docs/routing/make_pool.py --dump     # rewrite alpaca_pool_scores.jsonl from runs/alpaca_pool's store
+    python docs/routing/make_pool.py --dump STORE SCORES   # another store's scores to another file
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ SCORES = HERE / "alpaca_pool_scores.jsonl"
 OUT = Path("runs/alpaca_scored/teachers")
 
 
-def dump(store: Path = Path("runs/alpaca_pool/persyn.sqlite")) -> None:
+def dump(store: Path = Path("runs/alpaca_pool/persyn.sqlite"), scores: Path = SCORES) -> None:
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     rows = db.execute(
         "SELECT g.teacher, g.prompt_id, p.text, "
         "(SELECT value FROM scores s WHERE s.gen_key = g.key AND s.kind = 'quality'), "
         "(SELECT value FROM scores s WHERE s.gen_key = g.key AND s.kind = 'learnability') "
         "FROM generations g JOIN prompts p ON p.id = g.prompt_id ORDER BY p.idx, g.teacher")
-    with SCORES.open("w", encoding="utf-8") as fh:
+    with scores.open("w", encoding="utf-8") as fh:
         for teacher, pid, text, quality, learn in rows:
             fh.write(json.dumps({"teacher": teacher, "prompt_id": pid, "instruction": text, "quality": quality,
                                  "learnability": learn}, ensure_ascii=False) + "\n")
@@ -53,4 +54,8 @@ def build() -> None:
 
 
 if __name__ == "__main__":
-    dump() if "--dump" in sys.argv else build()
+    if "--dump" in sys.argv:  # --dump [STORE SCORES]: another store (e.g. learnability at 512 tokens) to another file
+        args = sys.argv[sys.argv.index("--dump") + 1:]
+        dump(*(Path(a) for a in args[:2]))
+    else:
+        build()
