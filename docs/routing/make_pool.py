@@ -6,7 +6,7 @@ bfloat16), made once by `persyn probe` + `persyn score` on docs/routing/alpaca_p
 This script joins them back onto the responses, one recorded-teacher file per model under runs/alpaca_scored/, so
 `persyn router-eval docs/routing/alpaca_frontier.yaml` reads the learnability instead of paying for it again:
 
-    python docs/routing/make_pool.py            # from the repository root, ../shared beside it
+    python docs/routing/make_pool.py [SCORES OUT]   # from the repository root, ../shared beside it
     python docs/routing/make_pool.py --dump     # rewrite alpaca_pool_scores.jsonl from runs/alpaca_pool's store
     python docs/routing/make_pool.py --dump STORE SCORES   # another store's scores to another file
 """
@@ -37,25 +37,25 @@ def dump(store: Path = Path("runs/alpaca_pool/persyn.sqlite"), scores: Path = SC
                                  "learnability": learn}, ensure_ascii=False) + "\n")
 
 
-def build() -> None:
+def build(scores_path: Path = SCORES, out: Path = OUT) -> None:
     scores: dict[tuple[str, str], dict] = {}
-    for line in SCORES.read_text(encoding="utf-8").splitlines():
+    for line in scores_path.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         scores[(row["teacher"], row["instruction"])] = row
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for path in sorted(SHARED.glob("*.jsonl")):
-        out = []
+        rows = []
         for line in path.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             s = scores[(path.stem, row["instruction"])]
-            out.append({**row, "learnability": s["learnability"]})
-        (OUT / path.name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out), encoding="utf-8")
-    print(f"{OUT}: {len(list(OUT.glob('*.jsonl')))} teachers with learnability")
+            rows.append({**row, "learnability": s["learnability"]})
+        (out / path.name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    print(f"{out}: {len(list(out.glob('*.jsonl')))} teachers with learnability")
 
 
 if __name__ == "__main__":
     if "--dump" in sys.argv:  # --dump [STORE SCORES]: another store (e.g. learnability at 512 tokens) to another file
         args = sys.argv[sys.argv.index("--dump") + 1:]
         dump(*(Path(a) for a in args[:2]))
-    else:
-        build()
+    else:  # [SCORES OUT]: another scores file to another folder
+        build(*(Path(a) for a in sys.argv[1:3]))
