@@ -37,6 +37,31 @@ SCORE_CHUNK = 4
 EMBED_CHUNK = 4
 
 
+def logged_config(tmp_path: Path, prompts: list[str], answer: Any, *, probe: int, backbone: Path) -> dict[str, Any]:
+    """A run over `prompts` with two recorded teachers, a and b, behind this driver's logging backend;
+    `answer(teacher, i)` gives (output, quality) of a teacher's row for prompt i. The router embeds with the tiny
+    causal LM at `backbone`."""
+    import json
+
+    def write(path: Path, rows: list[dict]) -> None:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write(tmp_path / "prompts.jsonl", [{"instruction": p} for p in prompts])
+    for t in ("a", "b"):
+        write(tmp_path / f"{t}.jsonl", [{"instruction": p, "output": answer(t, i)[0], "quality": answer(t, i)[1]}
+                                        for i, p in enumerate(prompts)])
+    return {
+        "run_dir": str(tmp_path / "run"),
+        "prompts": {"path": str(tmp_path / "prompts.jsonl"), "field": "instruction"},
+        "teachers": [{"name": t, "backend": "logged", "model": str(tmp_path / f"{t}.jsonl"),
+                      "extra": {"inner": "recorded"}} for t in ("a", "b")],
+        "quality": {"kind": "field"},
+        "reward": {"alpha": 0.0},
+        "probe": {"size": probe},
+        "router": {"backbone": str(backbone), "pooling": "last", "epochs": 5},
+    }
+
+
 class Faults:
     def __init__(self, point: str, call_log: Path, pause: bool) -> None:
         self.point, self.call_log, self.pause = point, call_log, pause

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kill_driver import run_to_end, spawn, wait_for_pause
+from kill_driver import logged_config, run_to_end, spawn, wait_for_pause
 
 from persyn.cli import main
 from persyn.errors import PersynError
@@ -23,20 +23,9 @@ def recorded_run(tmp_path: Path, backbone: Path) -> tuple[Path, Path]:
     """Two recorded teachers behind the driver's logging backend; returns (config, a second config for the same
     run_dir spelled differently)."""
     prompts = [f"Question number {i}: what is {i} times 3?" for i in range(N_PROMPTS)]
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"instruction": p}) + "\n" for p in prompts))
-    for t, q in (("a", 0.9), ("b", 0.2)):
-        rows = [{"instruction": p, "output": f"{t} says {i * 3}", "quality": q} for i, p in enumerate(prompts)]
-        (tmp_path / f"{t}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = {
-        "run_dir": str(tmp_path / "run"),
-        "prompts": {"path": str(tmp_path / "prompts.jsonl"), "field": "instruction"},
-        "teachers": [{"name": t, "backend": "logged", "model": str(tmp_path / f"{t}.jsonl"),
-                      "extra": {"inner": "recorded"}} for t in ("a", "b")],
-        "quality": {"kind": "field"},
-        "reward": {"alpha": 0.0},
-        "probe": {"size": PROBE},
-        "router": {"backbone": str(backbone), "pooling": "last", "epochs": 5},
-    }
+    quality = {"a": 0.9, "b": 0.2}
+    cfg = logged_config(tmp_path, prompts, lambda t, i: (f"{t} says {i * 3}", quality[t]), probe=PROBE,
+                        backbone=backbone)
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(cfg))
     other = tmp_path / "other.yaml"

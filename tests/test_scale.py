@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from kill_driver import EMBED_CHUNK, run_to_end
+from kill_driver import EMBED_CHUNK, logged_config, run_to_end
 from test_pipeline import recorded_config, recorded_pool
 
 from persyn import pipeline
@@ -136,20 +136,9 @@ def kill_config(tmp_path: Path, backbone: Path) -> Path:
     """Two recorded teachers (behind the driver's logging backend) over 40 prompts; the router embeds with a
     tiny causal LM, EMBED_CHUNK (4) texts per committed chunk."""
     prompts = [f"Question {i}: how many legs do {i} spiders have?" for i in range(KILL_PROMPTS)]
-    write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": p} for p in prompts])
-    for t, q in (("a", 0.9), ("b", 0.2)):
-        write_jsonl(tmp_path / f"{t}.jsonl", [{"instruction": p, "output": f"{t}: {8 * i}", "quality": q + i / 100}
-                                               for i, p in enumerate(prompts)])
-    cfg = {
-        "run_dir": str(tmp_path / "run"),
-        "prompts": {"path": str(tmp_path / "prompts.jsonl"), "field": "instruction"},
-        "teachers": [{"name": t, "backend": "logged", "model": str(tmp_path / f"{t}.jsonl"),
-                      "extra": {"inner": "recorded"}} for t in ("a", "b")],
-        "quality": {"kind": "field"},
-        "reward": {"alpha": 0.0},
-        "probe": {"size": KILL_PROBE},
-        "router": {"backbone": str(backbone), "pooling": "last", "epochs": 5},
-    }
+    quality = {"a": 0.9, "b": 0.2}
+    cfg = logged_config(tmp_path, prompts, lambda t, i: (f"{t}: {8 * i}", quality[t] + i / 100), probe=KILL_PROBE,
+                        backbone=backbone)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -26,7 +26,8 @@ from persyn.config import RunConfig, TeacherConfig
 from persyn.prompts import Prompt
 
 
-def _digest(obj: Any, n: int = 16) -> str:
+def digest(obj: Any, n: int = 16) -> str:
+    """A short sha256 of a JSON-able value (sorted keys): the one way persyn fingerprints a structure."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:n]
 
 
@@ -106,7 +107,7 @@ class Keys:
     @staticmethod
     def route(router_fp: str | None, prompt: Prompt) -> str:
         """A routing row's identity: the router that scored it and the prompt text it scored."""
-        return f"{router_fp}:{_digest(prompt.text, 12)}"
+        return f"{router_fp}:{digest(prompt.text, 12)}"
 
     def snapshot(self) -> dict[str, Any]:
         """What the stored outputs of this config depend on, for `describe_changes` on the next run."""

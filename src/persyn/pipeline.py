@@ -543,8 +543,8 @@ def run_stages(cfg: RunConfig, stages: tuple[str, ...] | list[str] = STAGES) -> 
     full = tuple(stages) == STAGES
     with opened_run(cfg) as run:
         t0 = time.perf_counter()
-        prompts = read_prompts(run) if full and stamp.may_be_up_to_date(run) else None
-        if prompts is not None and stamp.is_up_to_date(run, prompts):
+        prompts, up_to_date = stamp.up_to_date_prompts(run, lambda: read_prompts(run)) if full else (None, False)
+        if up_to_date:
             record_stage_seconds(run, "prompts", time.perf_counter() - t0)
             _nothing_to_do(run, prompts)
             return run

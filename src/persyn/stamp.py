@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from persyn.keys import digest
 
 if TYPE_CHECKING:
     from persyn.prompts import Prompt
@@ -20,10 +23,6 @@ if TYPE_CHECKING:
 
 OUTPUTS = ("dataset.jsonl", "routing.jsonl", "scores.jsonl", "summary.json", "config.resolved.yaml",
            "router/router.json")
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def _prompts_digest(prompts: list[Prompt]) -> str:
@@ -49,32 +48,28 @@ def _cheap_parts(run: Run) -> dict[str, Any]:
 
     return {
         "persyn": __version__,
-        "config": _digest(run.cfg.model_dump(mode="json")),
+        "config": digest(run.cfg.model_dump(mode="json"), 64),
         "store": run.store.version(),
         "outputs": outputs_state(run.run_dir),
     }
 
 
 def current_stamp(run: Run, prompts: list[Prompt]) -> dict[str, Any]:
-    return {**_cheap_parts(run), "identity": _digest(run.keys.snapshot()), "prompts": _prompts_digest(prompts)}
+    return {**_cheap_parts(run), "identity": digest(run.keys.snapshot(), 64), "prompts": _prompts_digest(prompts)}
 
 
-def may_be_up_to_date(run: Run) -> bool:
-    """The parts of the stamp that need neither the prompts nor the teachers' fingerprints match. The config is
-    then the one that passed preflight in the stamped run."""
+def up_to_date_prompts(run: Run, read: Callable[[], list[Prompt]]) -> tuple[list[Prompt] | None, bool]:
+    """(prompts, whether the run matches its stamp). The parts that need neither the prompts nor the teachers'
+    fingerprints are compared first; when they differ, nothing is read (None) and the run takes the stages, with
+    preflight, as usual. When they match, the config is the one that passed preflight in the stamped run."""
     stamp = run.store.get_meta("run_stamp")
-    return stamp is not None and all(stamp.get(k) == v for k, v in _cheap_parts(run).items())
-
-
-def is_up_to_date(run: Run, prompts: list[Prompt]) -> bool:
-    stamp = run.store.get_meta("run_stamp")
-    return stamp is not None and stamp == current_stamp(run, prompts)
+    cheap = _cheap_parts(run)
+    if stamp is None or any(stamp.get(k) != v for k, v in cheap.items()):
+        return None, False
+    prompts = read()
+    return prompts, stamp == {**cheap, "identity": digest(run.keys.snapshot(), 64), "prompts": _prompts_digest(prompts)}
 
 
 def write_stamp(run: Run, prompts: list[Prompt]) -> None:
     run.store.set_meta("run_stamp", current_stamp(run, prompts))
     run.store.count_next_write()
-
-
-def clear_stamp(run: Run) -> None:
-    run.store.set_meta("run_stamp", None)
