@@ -147,7 +147,7 @@ CONFIG_CASES = [
     ("missing_router_backbone", lambda c: {**c, "router": {"backbone": "/no/backbone"}},
      "router.backbone: model '/no/backbone' not found"),
     ("math_answer_without_reference_field", lambda c: {**c, "quality": {"kind": "math_answer"}},
-     "p.jsonl: quality kind math_answer needs prompts.reference_field"),
+     "p.jsonl: this quality kind (math_answer, gym) needs prompts.reference_field"),
     ("missing_api_key", lambda c: {**c, "teachers": [{"name": "o", "backend": "openai", "model": "m",
                                                       "base_url": "http://127.0.0.1:9/v1",
                                                       "api_key_env": "PERSYN_NO_SUCH_KEY"}, c["teachers"][1]]},

@@ -28,6 +28,9 @@ class PromptsConfig(Strict):
         "prompt."))
     reference_field: str | None = Field(default=None, description=(
         "The column with the reference answer (needed by quality `math_answer`)."))
+    template: str | None = Field(default=None, description=(
+        "Wrap each prompt: `{prompt}` is replaced by its text (e.g. an answer-format instruction after it). Ids "
+        "without `id_field` hash the wrapped text. None: the text as read."))
     limit: int | None = Field(default=None, gt=0, description=(
         "Use at most this many prompts (a seeded sample); None: all."))
     seed: int = Field(default=0, description="Seed of the shuffle before `limit` when a limit is set.")
@@ -142,9 +145,10 @@ class StudentConfig(Strict):
 
 
 class QualityConfig(Strict):
-    kind: Literal["math_answer", "reward_model", "field"] = Field(default="math_answer", description=(
-        "`math_answer` (final answer against the reference), `reward_model` (a sequence-classification model) or "
-        "`field` (a recorded per-response field)."))
+    kind: Literal["math_answer", "gym", "reward_model", "field"] = Field(default="math_answer", description=(
+        "`math_answer` (final answer against the reference), `gym` (the reasoning-gym task's own verifier on the "
+        "`entry` reference of `gym:` prompts), `reward_model` (a sequence-classification model) or `field` (a "
+        "recorded per-response field)."))
     model: str | None = Field(default=None, description=(
         "reward_model: the sequence-classification model; its weights' identity keys the scores."))
     field: str = Field(default="quality", description="field: the recorded per-response field that holds the quality.")

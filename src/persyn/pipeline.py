@@ -55,7 +55,7 @@ def student_scorer_id(cfg: RunConfig) -> str:
 def read_prompts(run: Run) -> list[Prompt]:
     """The config's prompts, checked against the probe size; stores nothing."""
     cfg = run.cfg
-    need_ref = cfg.quality.kind == "math_answer" and cfg.reward.alpha < 1
+    need_ref = cfg.quality.kind in ("math_answer", "gym") and cfg.reward.alpha < 1
     prompts = load_prompts(cfg.prompts, require_reference=need_ref)
     k = cfg.probe.resolve(len(prompts))
     if k > len(prompts):

@@ -114,7 +114,10 @@ def _hf_rows(spec: str) -> Iterator[tuple[int, Any]]:
 
 
 def _gym_rows(spec: str) -> Iterator[tuple[int, Any]]:
-    """`gym:NAME[+NAME...]:SIZE[:SEED]`: problems made offline by reasoning-gym, rows {prompt, answer, task}."""
+    """`gym:NAME[+NAME...]:SIZE[:SEED]`: problems made offline by reasoning-gym, rows {prompt, answer, task, entry}.
+
+    `entry` is the item as JSON (task, answer, metadata): the reference that quality kind `gym` checks with the
+    task's own verifier."""
     parts = spec.removeprefix("gym:").split(":")
     try:
         names, size, seed = parts[0].split("+"), int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
@@ -134,7 +137,9 @@ def _gym_rows(spec: str) -> Iterator[tuple[int, Any]]:
             raise InputError(f"reasoning-gym task {name!r}: {exc}", file=spec) from None
         for item in dataset:
             line += 1
-            yield line, {"prompt": item["question"], "answer": str(item["answer"]), "task": name}
+            entry = json.dumps({"task": name, "answer": item["answer"], "metadata": item.get("metadata", {})},
+                               sort_keys=True, default=str)
+            yield line, {"prompt": item["question"], "answer": str(item["answer"]), "task": name, "entry": entry}
 
 
 READERS = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
@@ -186,6 +191,8 @@ def load_prompts(cfg: PromptsConfig, *, require_reference: bool = False) -> list
         assert text is not None
         if not text.strip():
             raise InputError("empty prompt", file=cfg.path, line=line, field=cfg.field)
+        if cfg.template is not None:
+            text = cfg.template.replace("{prompt}", text)
         reference = None
         if cfg.reference_field:
             reference = _text(row.get(cfg.reference_field), source=cfg.path, line=line,
@@ -209,7 +216,7 @@ def load_prompts(cfg: PromptsConfig, *, require_reference: bool = False) -> list
     if duplicates:
         log.warning("%s: removed %d duplicate prompt(s)", cfg.path, duplicates)
     if require_reference and not cfg.reference_field:
-        raise InputError("quality kind math_answer needs prompts.reference_field", file=cfg.path)
+        raise InputError("this quality kind (math_answer, gym) needs prompts.reference_field", file=cfg.path)
     if not prompts:
         raise InputError("no prompts", file=cfg.path)
     if cfg.limit is not None and cfg.limit < len(prompts):

@@ -4,6 +4,10 @@ Scorers are built from `QualityConfig.kind` through a registry (`register_qualit
 
 - `math_answer`: 1.0 when the response's final answer equals the reference answer (math-verify, with an exact
   numeric fallback), else 0.0. An empty response scores 0.0.
+- `gym`: 1.0 when the reasoning-gym task's own verifier gives the response's final answer full marks, else 0.0.
+  The reference is the `entry` of a `gym:` prompt (task, answer, metadata as JSON). The final answer is the
+  last `<answer>...</answer>`, else what follows the last `####`, else the last `Answer:`, else the last
+  `\\boxed{}`, else the last non-empty line: one candidate, so a response cannot collect credit by listing several.
 - `reward_model`: the scalar logit of a sequence-classification reward model over the chat-formatted
   (user, assistant) conversation. An empty response scores the lowest reward in the same call (0.0 if every
   response is empty) so it is never preferred; the pipeline also marks empty responses as worst.
@@ -12,6 +16,7 @@ Scorers are built from `QualityConfig.kind` through a registry (`register_qualit
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable
@@ -154,6 +159,77 @@ class MathAnswerScorer:
 @register_quality("math_answer")
 def _math_answer(cfg: QualityConfig) -> QualityScorer:
     return MathAnswerScorer()
+
+
+# ---------------------------------------------------------------- gym
+
+_ANSWER_LINE = re.compile(r"answer\s*:\s*(.+?)\s*$", re.IGNORECASE | re.DOTALL)
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def gym_final_answer(text: str) -> str | None:
+    """The one candidate a gym verifier sees (see the module docstring), or None for an empty response."""
+    tags = _ANSWER_TAG.findall(text)
+    if tags:
+        return tags[-1].strip()
+    hashes = _HASHES.findall(text)
+    if hashes:
+        return hashes[-1].strip()
+    at = text.lower().rfind("answer:")
+    if at >= 0:
+        tail = text[at + len("answer:"):].strip()
+        # The answer runs to the end, unless the model goes on after a blank line.
+        return tail.split("\n\n")[0].strip().strip("*").strip() or None
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else None
+
+
+class GymScorer:
+    """Each task's own `score_answer`, one dataset object per task (the verifiers read only the entry)."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def task(self, name: str) -> Any:
+        with self._lock:
+            if name not in self._tasks:
+                import reasoning_gym
+
+                self._tasks[name] = reasoning_gym.create_dataset(name, size=1, seed=0)
+            return self._tasks[name]
+
+    def verify(self, response: str, entry: dict[str, Any]) -> float:
+        answer = gym_final_answer(response)
+        if answer is None:
+            return 0.0
+        try:
+            score = self.task(entry["task"]).score_answer(answer, entry)
+        except Exception:  # a verifier that chokes on a malformed answer: not correct
+            return 0.0
+        return 1.0 if score is not None and float(score) >= 1.0 - 1e-9 else 0.0
+
+    def score(self, prompts: list[str], responses: list[str], references: list[str | None],
+              precomputed: list[float | None]) -> list[float]:
+        out = []
+        for i, (resp, ref) in enumerate(zip(responses, references, strict=True)):
+            try:
+                entry = json.loads(ref or "")
+                entry["task"]
+            except (ValueError, TypeError, KeyError):
+                raise InputError(f"prompt {i + 1} ({_excerpt(prompts[i])!r}) has no gym entry as its reference; "
+                                 "quality kind gym needs gym: prompts with prompts.reference_field: entry",
+                                 field="reference") from None
+            out.append(self.verify(resp, entry) if resp.strip() else 0.0)
+        return out
+
+
+@register_quality("gym")
+def _gym(cfg: QualityConfig) -> QualityScorer:
+    return GymScorer()
 
 
 # ---------------------------------------------------------------- reward_model
