@@ -9,10 +9,10 @@ import pytest
 from openai_server import serve
 
 from persyn.backends.base import GenParams, GenRequest
-from persyn.backends.openai_backend import OpenAIBackend
-from persyn.batch_api import export_batch, import_batch_results
 from persyn.config import TeacherConfig
 from persyn.errors import ConfigError, InputError
+from persyn.remote.batch_api import export_batch, import_batch_results
+from persyn.remote.openai_backend import OpenAIBackend
 
 PROMPTS = ["What is 12 times 7?", "Write a short poem about the sea.", "Why is the sky blue?"]
 

@@ -9,12 +9,12 @@ import pytest
 import yaml
 from test_pipeline import BEST, read_jsonl, recorded_config, recorded_pool
 
-from persyn.budget import allocate, calibrated_reward, cascade_next, probe_scales
 from persyn.cli import main
 from persyn.config import parse_config
 from persyn.errors import ConfigError
 from persyn.pipeline import open_run, rewards_for, run_stages
 from persyn.router import RidgeRouter, load_router
+from persyn.stages.budget import allocate, calibrated_reward, cascade_next, probe_scales
 
 
 def topic_data(n: int, seed: int, noise: float = 0.2) -> tuple[np.ndarray, np.ndarray]:

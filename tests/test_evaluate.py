@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from persyn.errors import ConfigError, PersynError
-from persyn.eval import (
+from persyn.experiments.eval import (
     GSM8K_BUILTIN_SHOTS,
     eval_gsm8k,
     eval_ifeval,
@@ -129,7 +129,7 @@ def test_each_benchmark_declares_exactly_its_functions_arguments():
     import inspect
 
     from persyn import evaluate as legacy
-    from persyn.eval import BENCHMARKS
+    from persyn.experiments.eval import BENCHMARKS
 
     assert set(BENCHMARKS) == {"gsm8k", "ifeval", "lm_eval"}
     for name, benchmark in BENCHMARKS.items():

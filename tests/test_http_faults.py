@@ -15,10 +15,10 @@ import pytest
 from openai_server import serve
 
 from persyn.backends.base import GenParams, GenRequest
-from persyn.backends.openai_backend import OpenAIBackend
 from persyn.cli import main
 from persyn.config import TeacherConfig, parse_config
 from persyn.pipeline import run_stages
+from persyn.remote.openai_backend import OpenAIBackend
 
 PROMPTS = ["What is 12 times 7?", "Write a short poem about the sea.", "Why is the sky blue?",
            "How many clips did Natalia sell?"]
@@ -242,7 +242,7 @@ def test_server_learnability_honours_the_student_settings(server, tiny_lm_dir, t
 
 def test_batch_api_results_with_the_same_faults_stay_pending(tmp_path):
     """The Batch API path: unusable usage is stored without usage; null content and errors stay pending."""
-    from persyn.batch_route import export_pending, import_results
+    from persyn.remote.batch_route import export_pending, import_results
 
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     cfg = parse_config({

@@ -1,7 +1,7 @@
 """Learnability scores exactly the tokens `persyn train` trains on (issue 11, item 2).
 
-The reference is TRL's own SFTTrainer, built by persyn.train.build_trainer from an exported-style dataset: its
-`input_ids` and `labels` are compared token for token with what learnability scores, for SmolLM2's ChatML
+The reference is TRL's own SFTTrainer, built by persyn.experiments.train.build_trainer from an exported-style dataset:
+its `input_ids` and `labels` are compared token for token with what learnability scores, for SmolLM2's ChatML
 template and for a base model in few-shot mode (Gemma-3-270M), and Eq. 1 is checked against the model's own
 loss on TRL's labels. A second, independent reference (plain `apply_chat_template` ids and a plain forward)
 checks the truncation that keeps the prompt's head and a minimum response budget.
@@ -28,7 +28,7 @@ MAX_LENGTH = {"smollm2-135m-instruct": 96, "gemma3-270m": 240}
 @pytest.fixture(scope="module", params=sorted(MAX_LENGTH))
 def sft(request, tmp_path_factory):
     """(registry name, TRL's tokenised rows, TRL's model and tokenizer) for one student."""
-    from persyn.train import TrainConfig, build_trainer
+    from persyn.experiments.train import TrainConfig, build_trainer
 
     name = request.param
     tmp = tmp_path_factory.mktemp(name)

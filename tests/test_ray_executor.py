@@ -16,7 +16,7 @@ from persyn.pipeline import run_stages
 
 ray = pytest.importorskip("ray", reason="the Ray executor needs `pip install persyn[ray]`")
 
-from persyn.executors.ray_executor import RayExecutor  # noqa: E402
+from persyn.remote.ray_executor import RayExecutor  # noqa: E402
 
 OUTPUTS = ("dataset.jsonl", "routing.jsonl", "scores.jsonl")
 # Every generations column except timings and which invocation wrote the row.

@@ -163,7 +163,7 @@ def test_report_before_any_run_is_one_line(tmp_path, capsys):
 def test_report_of_a_run_without_scores_or_router(run, tmp_path):
     """A run exported before its probe was scored (e.g. all probe generations failed) still gets a page."""
     from persyn.config import load_config
-    from persyn.html_report import write_html_report
+    from persyn.outputs.html_report import write_html_report
 
     config, run_dir = run
     cfg = load_config(config)

@@ -10,7 +10,7 @@ import yaml
 from test_pipeline import recorded_config, recorded_pool
 
 from persyn.cli import main
-from persyn.router_eval import routing_metrics, split_prompts
+from persyn.experiments.router_eval import routing_metrics, split_prompts
 
 
 def test_metrics_on_a_known_case():
@@ -97,7 +97,7 @@ def test_frontier_spans_route_then_generate_to_generate_then_select(tmp_path, ca
 
 
 def test_frontier_replays_the_cascade():
-    from persyn.frontier import cascade
+    from persyn.experiments.frontier import cascade
 
     S = np.array([[0.9, 0.5, 0.1], [0.2, 0.8, 0.6], [0.7, 0.6, 0.5]])
     Q = np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from persyn.errors import ConfigError, InputError
-from persyn.train import TrainConfig, build_trainer, train_student
+from persyn.experiments.train import TrainConfig, build_trainer, train_student
 
 
 def _rows(n: int = 12) -> list[dict]:

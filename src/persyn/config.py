@@ -51,7 +51,7 @@ class GenerationConfig(Strict):
     budget: float = Field(default=1.0, ge=1, description=(
         "Average generations per routed prompt: 1 is Route then Generate, the number of teachers is Generate then "
         "Select. Extra generations go to the prompts where the router's margin is smallest; the best candidate is "
-        "kept by the combined reward (see persyn.budget)."))
+        "kept by the combined reward (see persyn.stages.budget)."))
     accept_quality: float | None = Field(default=None, description=(
         "Cascade: ask the router's next teacher only while the best quality so far is below this (e.g. 1 for a "
         "correct math answer), within `budget`. None: the budget goes to the smallest margins."))
@@ -298,7 +298,7 @@ class CompareConfig(Strict):
 
 
 class TrainSection(Strict):
-    """Student fine-tuning settings shared by every strategy (see persyn.train.TrainConfig for GPU advice)."""
+    """Student fine-tuning settings shared by every strategy (persyn.experiments.train.TrainConfig: GPU advice)."""
 
     model: str | None = Field(default=None, description="The model to fine-tune; None: the student's model.")
     epochs: float = Field(default=1, gt=0, description="Training epochs over the dataset.")

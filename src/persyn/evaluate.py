@@ -1,6 +1,6 @@
-"""Kept for `from persyn.evaluate import ...`: the benchmarks live in persyn.eval, one module each."""
+"""Kept for `from persyn.evaluate import ...`: the benchmarks live in persyn.experiments.eval, one module each."""
 
-from persyn.eval import (
+from persyn.experiments.eval import (
     BENCHMARKS,
     GSM8K_BUILTIN_SHOTS,
     IFEVAL_HF,

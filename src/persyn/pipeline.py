@@ -81,7 +81,7 @@ def load_stage(run: Run, prompts: list[Prompt] | None = None) -> list[Prompt]:
 
 
 def _probe_ids(run: Run, prompts: list[Prompt], size: int) -> list[str]:
-    from persyn.probe import choose_probe
+    from persyn.stages.probe import choose_probe
 
     p = run.cfg.probe
     same_seed = run.store.get_meta("probe_seed", p.seed) == p.seed
@@ -327,8 +327,8 @@ def load_router(run: Run):
 
 def route_stage(run: Run) -> None:
     """Route every prompt: a probe prompt keeps its best-reward teacher; every other prompt gets the router's top
-    choice, plus the extra candidates the generation budget pays for (persyn.budget)."""
-    from persyn.budget import allocate
+    choice, plus the extra candidates the generation budget pays for (persyn.stages.budget)."""
+    from persyn.stages.budget import allocate
 
     fp = run.store.get_meta("router_fp")
     g = run.cfg.generation
@@ -384,7 +384,7 @@ def _routed(run: Run) -> list[tuple[Prompt, Route]]:
 
 def _cascade(run: Run) -> None:
     """Ask the router's next teacher while a prompt's best quality is below accept_quality and the budget lasts."""
-    from persyn.budget import cascade_next
+    from persyn.stages.budget import cascade_next
 
     g, names = run.cfg.generation, run.teacher_names()
     routed = _routed(run)
@@ -407,9 +407,9 @@ def _cascade(run: Run) -> None:
 
 
 def select_candidates(run: Run) -> None:
-    """Keep each routed prompt's best candidate by the probe's combined reward (see persyn.budget for the scale)."""
-    from persyn.budget import best_candidate, probe_scales
+    """Keep each routed prompt's best candidate by the probe's combined reward (scale: persyn.stages.budget)."""
     from persyn.scoring.reward import reward_matrix
+    from persyn.stages.budget import best_candidate, probe_scales
 
     cfg, names = run.cfg, run.teacher_names()
     multi = [(p, r) for p, r in _routed(run) if len(r.candidates) > 1]
@@ -443,7 +443,7 @@ def select_candidates(run: Run) -> None:
 
 
 def export_stage(run: Run) -> None:
-    from persyn.export import export_run
+    from persyn.outputs.export import export_run
 
     run.summary = export_run(run)
 
@@ -558,7 +558,7 @@ def run_stages(cfg: RunConfig, stages: tuple[str, ...] | list[str] = STAGES) -> 
             STAGE_FUNCS[stage](run)
             record_stage_seconds(run, stage, time.perf_counter() - t0)
             if stage == "export":
-                from persyn.export import update_stage_seconds
+                from persyn.outputs.export import update_stage_seconds
 
                 update_stage_seconds(run)  # summary.json was written before export's own time was known
         if full and _finished(run, prompts):
@@ -577,7 +577,7 @@ def _finished(run: Run, prompts: list[Prompt]) -> bool:
 def _nothing_to_do(run: Run, prompts: list[Prompt]) -> None:
     """An up-to-date run: say so, and make summary.json speak for this invocation, which did nothing."""
     from persyn import stamp
-    from persyn.export import refresh_summary
+    from persyn.outputs.export import refresh_summary
     from persyn.progress import console
 
     run.resumed = run.up_to_date = True

@@ -61,7 +61,7 @@ def run(config: ConfigArg) -> None:
 
 
 def _write_report(cfg, **kwargs: Any) -> None:
-    from persyn.html_report import write_html_report
+    from persyn.outputs.html_report import write_html_report
 
     console.print(f"report: {write_html_report(cfg, **kwargs)}")
 
@@ -99,7 +99,7 @@ def export(
     private: Annotated[bool, typer.Option(help="With --push-to-hub: a private repo.")] = False,
 ) -> None:
     """Run the export stage (dataset.jsonl, routing, scores, summary) and optionally write a trainer format."""
-    from persyn.formats import check_format, check_hub, push_to_hub, require_run, write_export
+    from persyn.outputs.formats import check_format, check_hub, push_to_hub, require_run, write_export
     from persyn.pipeline import run_stages
 
     cfg = load_run_config(config)
@@ -149,7 +149,7 @@ def batch_export(config: ConfigArg,
                  out: Annotated[Path, typer.Option(help="Folder for the Batch JSONL files.")] = Path("batch"),
                  stage: Annotated[str, typer.Option(help="probe or generate")] = "probe") -> None:
     """Write the requests a stage still needs as OpenAI Batch API files, one per teacher."""
-    from persyn.batch_route import export_pending
+    from persyn.remote.batch_route import export_pending
 
     for name, (path, n) in export_pending(load_run_config(config), stage, out).items():
         console.print(f"{name}: {n} requests -> {path}")
@@ -161,7 +161,7 @@ def batch_import(config: ConfigArg,
                  teacher: Annotated[str, typer.Option(help="The teacher these results belong to.")],
                  stage: Annotated[str, typer.Option(help="probe or generate")] = "probe") -> None:
     """Store a Batch API results file; only requests still pending are taken, failed ones stay pending."""
-    from persyn.batch_route import import_results
+    from persyn.remote.batch_route import import_results
 
     counts = import_results(load_run_config(config), stage, teacher, results)
     console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))

@@ -34,8 +34,8 @@ def router_eval_cmd(
     """Router Hit@1/3 and reward against oracle, best single teacher and random on held-out prompts, and the
     cost-reward frontier over generation budgets (router_eval.json, frontier.json and a PNG)."""
     from persyn.errors import ConfigError
+    from persyn.experiments.router_eval import router_eval
     from persyn.router import router_kinds
-    from persyn.router_eval import router_eval
 
     cfg = load_run_config(config)
     for k in kind or []:
@@ -88,7 +88,7 @@ def train_cmd(
     """Fine-tune a student with TRL SFT (loss on the response tokens only); a finished run is not redone."""
     from pydantic import ValidationError
 
-    from persyn.train import TrainConfig, train_student
+    from persyn.experiments.train import TrainConfig, train_student
 
     try:
         cfg = TrainConfig(model=model, output_dir=str(output_dir), epochs=epochs, max_steps=max_steps,
@@ -117,7 +117,7 @@ def eval_cmd(
     max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget per answer.")] = None,
 ) -> None:
     """Evaluate a model on GSM8K, IFEval and/or lm-evaluation-harness tasks; results are JSON."""
-    from persyn.eval import evaluate
+    from persyn.experiments.eval import evaluate
 
     specs: list[dict] = []
     if config is not None:
@@ -146,7 +146,7 @@ def compare_cmd(
     no_train: Annotated[bool, typer.Option(help="Build the datasets only.")] = False,
 ) -> None:
     """Build each strategy's dataset, train and evaluate one student per strategy and seed, write report.md."""
-    from persyn.compare import compare_dir, run_compare
+    from persyn.experiments.compare import compare_dir, run_compare
 
     cfg = load_run_config(config)
     results = run_compare(cfg, strategies=strategy, train=False if no_train else None)

@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from persyn.errors import InputError
-from persyn.registry import Registry
+from persyn.plugins import Registry
 
 
 @runtime_checkable

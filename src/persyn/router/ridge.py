@@ -8,7 +8,7 @@ prompts it did not see. The same out-of-fold routing decides the fallback: unles
 (chosen on each fold's training prompts, as a user would choose it) by `min_gain_z` standard errors (default 1: the
 ridge strength was picked on these same folds, so the best out-of-fold gain is optimistic), every prompt goes to
 the teacher with the best probe mean. Predictions are on the reward scale, so their margins also say where
-an extra generation is worth paying for (see persyn.budget).
+an extra generation is worth paying for (see persyn.stages.budget).
 """
 
 from __future__ import annotations

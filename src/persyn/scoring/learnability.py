@@ -3,7 +3,7 @@
     L(x, y) = 1/|y| * sum_t log p_student(y_t | chat(x), y_<t)
 
 computed with the student *before* fine-tuning, over exactly the tokens `persyn train` trains on: each pair is
-tokenised as TRL's SFTTrainer tokenises the prompt-completion row that `persyn.train.to_prompt_completion`
+tokenised as TRL's SFTTrainer tokenises the prompt-completion row that `persyn.experiments.train.to_prompt_completion`
 makes of it, and the scored positions are SFT's completion mask.
 
 - Chat models: prompt ids = `apply_chat_template([user], add_generation_prompt=True)`, full ids =

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from persyn.config import QualityConfig
 from persyn.errors import ConfigError, InputError
-from persyn.registry import Registry
+from persyn.plugins import Registry
 
 
 class QualityScorer(Protocol):

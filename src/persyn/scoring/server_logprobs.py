@@ -2,7 +2,7 @@
 
 The token ids are built exactly as `persyn.scoring.learnability` builds them (SFT's tokens and completion mask,
 truncation) and sent as a token-id prompt, so the boundary between conditioning and scored tokens is exact.
-Requests go through `persyn.http` (retries, backoff, redaction) with the student's key, concurrency, timeout
+Requests go through `persyn.remote.http` (retries, backoff, redaction) with the student's key, concurrency, timeout
 and retry settings; a request that still fails is reported in `LearnabilityResult.failed`, not scored, so the
 next run retries it. Two protocols:
 
@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from persyn.errors import ConfigError
-from persyn.http import (
+from persyn.remote.http import (
     Counters,
     FatalHTTPError,
     RetryableError,

@@ -73,7 +73,7 @@ def data_files(fmt: str, n_shards: int = 1) -> list[str]:
 
 def write_export(cfg: RunConfig, fmt: str, out: Path | None = None) -> tuple[Path, list[dict[str, Any]]]:
     """Write the run's dataset as `fmt` under `out` (default run_dir/export/FMT) with its README.md card."""
-    from persyn.card import write_card
+    from persyn.outputs.card import write_card
 
     check_format(fmt)
     rows = [convert(r, fmt) for r in run_rows(cfg)]
@@ -82,7 +82,7 @@ def write_export(cfg: RunConfig, fmt: str, out: Path | None = None) -> tuple[Pat
     if fmt == "hf":
         files = _write_hf(rows, out)
     else:
-        from persyn.export import _write_jsonl
+        from persyn.outputs.export import _write_jsonl
 
         _write_jsonl(out / "train.jsonl", rows)
         files = data_files(fmt)

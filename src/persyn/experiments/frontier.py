@@ -1,7 +1,7 @@
 """The cost-reward frontier on prompts where every teacher's response is scored: pure functions over matrices.
 
 For each probe seed, a probe is drawn, the router is fitted on it, and the other prompts are routed with a
-generation budget (persyn.budget): mean combined reward of the kept response (Eq. 2 over all N teachers, as the
+generation budget (persyn.stages.budget): mean combined reward of the kept response (Eq. 2 over all N teachers, as the
 oracle sees it), gap captured = (routed - best single) / (oracle - best single) with the best single teacher chosen
 on the probe, Hit@1 and Hit@3 of the kept response, and generations per routed prompt. Baselines at the same
 budgets: the top-k teachers by probe mean reward (the same selection, with no router); and, as points, the best
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from persyn.budget import allocate, best_candidate, cascade_next, probe_scales
+from persyn.stages.budget import allocate, best_candidate, cascade_next, probe_scales
 
 Fit = Callable[[np.ndarray, np.ndarray], Any]  # (probe rows, held-out rows) -> [held, T] router scores
 
@@ -27,7 +27,7 @@ def default_budgets(n_teachers: int) -> list[float]:
 
 def keep_best(cands: list[list[int]], Q: np.ndarray, L: np.ndarray, alpha: float, scales: tuple[float, float],
               R_full: np.ndarray) -> np.ndarray:
-    """The kept teacher per prompt, by the generate stage's rule (persyn.budget.best_candidate)."""
+    """The kept teacher per prompt, by the generate stage's rule (persyn.stages.budget.best_candidate)."""
     T = Q.shape[1]
     return np.array([c[best_candidate(Q[i, c], L[i, c], alpha, scales, full=R_full[i, c] if len(c) == T else None)]
                      for i, c in enumerate(cands)], dtype=np.int64)
@@ -90,7 +90,7 @@ def frontier_for_split(S: np.ndarray, probe_R: np.ndarray, probe_Q: np.ndarray, 
 
 def baseline_points(probe_R: np.ndarray, R: np.ndarray, Q: np.ndarray, L: np.ndarray, alpha: float,
                     car_beta: float) -> list[dict[str, Any]]:
-    from persyn.strategies import car_values
+    from persyn.experiments.strategies import car_values
 
     T = R.shape[1]
     means = np.nanmean(probe_R, 0)

@@ -1,7 +1,7 @@
 """Data-selection strategies: which teacher answers each prompt. PerSyn's router and the paper's baselines.
 
 Every strategy is a pure function of `SelectionInputs` (teacher names, the config's choices and the reward
-matrices that persyn.compare gathers before any strategy runs) and picks one teacher per prompt, so every
+matrices that persyn.experiments.compare gathers before any strategy runs) and picks one teacher per prompt, so every
 dataset has the same size. A strategy declares what it reads: `reads_probe` (every teacher on the probe prompts)
 and `needs_all_responses` (every teacher on every prompt, which Generate-then-Select costs); compare generates
 exactly those up front and counts a strategy's cost from them.
@@ -52,13 +52,14 @@ class SelectionInputs:
 
     def probe_matrices(self) -> RewardMatrices:
         if self.probe is None:
-            raise PersynError("the probe's reward matrices were not gathered (persyn.compare.prepare_inputs)")
+            raise PersynError("the probe's reward matrices were not gathered "
+                              "(persyn.experiments.selection.prepare_inputs)")
         return self.probe
 
     def all_matrices(self) -> RewardMatrices:
         if self.everything is None:
             raise PersynError("every teacher's response on every prompt was not gathered "
-                              "(persyn.compare.prepare_inputs does it for strategies that need it)")
+                              "(persyn.experiments.selection.prepare_inputs does it for strategies that need it)")
         return self.everything
 
 

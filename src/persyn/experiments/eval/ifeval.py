@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from persyn.errors import ConfigError, InputError
-from persyn.eval.common import (
+from persyn.experiments.eval.common import (
     Benchmark,
     format_for_student,
     generate_answers,

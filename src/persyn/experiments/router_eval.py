@@ -20,12 +20,12 @@ import numpy as np
 
 from persyn.config import RunConfig
 from persyn.errors import ConfigError
-from persyn.frontier import baseline_points, default_budgets, frontier_for_split, plot, summarise
+from persyn.experiments.frontier import baseline_points, default_budgets, frontier_for_split, plot, summarise
 from persyn.keys import draw_probe
 from persyn.pipeline import generate_pairs, load_stage, new_router, opened_run, rewards_for, router_gain, score_prompts
-from persyn.probe import kcenter_order
 from persyn.prompts import Prompt
 from persyn.router import Embedder, routed_metrics
+from persyn.stages.probe import kcenter_order
 
 
 def column_means(R: np.ndarray) -> np.ndarray:

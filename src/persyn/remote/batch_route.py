@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from persyn.batch_api import export_batch, import_batch_results
 from persyn.config import RunConfig
 from persyn.errors import ConfigError
 from persyn.pipeline import load_stage, opened_run, pending_requests, stage_pairs, store_result
+from persyn.remote.batch_api import export_batch, import_batch_results
 
 log = logging.getLogger(__name__)
 STAGES = ("probe", "generate")

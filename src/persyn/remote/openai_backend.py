@@ -2,7 +2,7 @@
 
 Requests run concurrently on an asyncio loop in a background thread, bounded by a semaphore and token buckets
 (requests/min, tokens/min); each is retried with exponential backoff and full jitter on 429, 5xx, timeouts,
-connection errors, unparsable bodies and replies without text (see persyn.http). Results stream back to the
+connection errors, unparsable bodies and replies without text (see persyn.remote.http). Results stream back to the
 caller as each request finishes; a request that still fails is returned with its error, so the store keeps it
 pending and the next run retries it.
 """
@@ -24,7 +24,7 @@ import httpx
 from persyn.backends.base import GenRequest, GenResult, register_backend
 from persyn.chat import FEW_SHOT_STOP, few_shot_prefix
 from persyn.errors import ConfigError
-from persyn.http import (  # noqa: F401 - parse_retry_after and redact are re-exported for older imports
+from persyn.remote.http import (  # noqa: F401 - parse_retry_after and redact are re-exported for older imports
     Counters,
     FatalHTTPError,
     RetryableError,

@@ -16,10 +16,10 @@ from typing import Any
 
 from persyn.config import RunConfig
 from persyn.errors import ConfigError
+from persyn.experiments.selection import select_and_build
+from persyn.experiments.strategies import make_strategy
 from persyn.models import resolve
 from persyn.pipeline import STAGES, load_stage, opened_run, run_stages
-from persyn.selection import select_and_build
-from persyn.strategies import make_strategy
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def select_all(cfg: RunConfig, strategies: list[str]) -> tuple[dict[str, Any], d
 
 
 def train_config(cfg: RunConfig, output_dir: Path, seed: int):
-    from persyn.train import TrainConfig
+    from persyn.experiments.train import TrainConfig
 
     t = cfg.train
     model = t.model or (cfg.student.model if cfg.student else None)
@@ -52,7 +52,7 @@ def train_config(cfg: RunConfig, output_dir: Path, seed: int):
 def evaluate_cached(model_dir: Path, benchmarks: list[dict[str, Any]], eval_dir: Path,
                     identity: str) -> dict[str, Any]:
     """Each benchmark's metrics; one already evaluated for this checkpoint identity and settings is reused."""
-    from persyn.eval import evaluate
+    from persyn.experiments.eval import evaluate
 
     eval_dir.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -72,7 +72,7 @@ def evaluate_cached(model_dir: Path, benchmarks: list[dict[str, Any]], eval_dir:
 
 
 def train_and_eval(cfg: RunConfig, strategy: str, seed: int) -> dict[str, Any]:
-    from persyn.train import train_student
+    from persyn.experiments.train import train_student
 
     base = compare_dir(cfg) / strategy
     model_dir = base / f"seed{seed}" / "model"
@@ -89,7 +89,7 @@ def train_and_eval(cfg: RunConfig, strategy: str, seed: int) -> dict[str, Any]:
 def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: bool | None = None,
                 base_eval: bool = True) -> dict[str, Any]:
     """Select, train and evaluate each strategy; writes compare/results.json and compare/report.md."""
-    from persyn.report import write_report
+    from persyn.experiments.compare_report import write_report
 
     names = strategies or cfg.compare.strategies
     for n in names:

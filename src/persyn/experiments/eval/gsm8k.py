@@ -8,7 +8,7 @@ from typing import Any
 
 from persyn.chat import uses_few_shot
 from persyn.errors import ConfigError, InputError
-from persyn.eval.common import (
+from persyn.experiments.eval.common import (
     Benchmark,
     Formatted,
     format_for_student,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from persyn.errors import ConfigError, PersynError
-from persyn.eval.common import Benchmark, write_outputs
+from persyn.experiments.eval.common import Benchmark, write_outputs
 from persyn.models import dtype_name, resolve, resolve_device
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from persyn.config import TeacherConfig
+from persyn.experiments.strategies import Selection, SelectionInputs, Strategy, make_strategy, selected_rewards
 from persyn.pipeline import generate_pairs, score_prompts
 from persyn.prompts import Prompt
 from persyn.run import Run, probe_rewards, rewards_for
-from persyn.strategies import Selection, SelectionInputs, Strategy, make_strategy, selected_rewards
 
 Pair = tuple[Prompt, TeacherConfig]
 

@@ -16,9 +16,9 @@ from typing import Any
 import jinja2
 
 from persyn import __version__
-from persyn.card import config_hash, read_summary, router_facts
 from persyn.config import RunConfig
 from persyn.errors import InputError
+from persyn.outputs.card import config_hash, read_summary, router_facts
 
 ROWS_PER_TEACHER = 50  # example rows shown per teacher
 METRICS = ("quality", "learnability", "reward")
@@ -98,7 +98,7 @@ def plots(teachers: list[str], summary: dict[str, Any], scores: list[dict[str, A
         out["router"] = _png(fig)
 
     if frontier:
-        from persyn.frontier import plot
+        from persyn.experiments.frontier import plot
 
         buf = io.BytesIO()  # one line per method (a point for single-budget baselines), as router-eval draws it
         plot(frontier, buf, "cost-reward frontier on held-out prompts")

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from persyn.backends.base import GenRequest, GenResult
-from persyn.backends.openai_backend import request_body, result_from_body, uses_completions
 from persyn.errors import ConfigError, InputError
+from persyn.remote.openai_backend import request_body, result_from_body, uses_completions
 
 MAX_BATCH_REQUESTS = 50_000  # the Batch API's per-file limit
 

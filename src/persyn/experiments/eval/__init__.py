@@ -8,9 +8,9 @@ writes it there (per-item records go to a `.records.jsonl` file beside it).
     dispatch.py  evaluate(): benchmark specs by name, checked against what each benchmark declares
 """
 
-from persyn.eval.common import Benchmark, Formatted, generate_greedy, load_generator, read_jsonl
-from persyn.eval.dispatch import BENCHMARKS, evaluate
-from persyn.eval.gsm8k import (
+from persyn.experiments.eval.common import Benchmark, Formatted, generate_greedy, load_generator, read_jsonl
+from persyn.experiments.eval.dispatch import BENCHMARKS, evaluate
+from persyn.experiments.eval.gsm8k import (
     GSM8K_BUILTIN_SHOTS,
     eval_gsm8k,
     gsm8k_prompt,
@@ -18,8 +18,15 @@ from persyn.eval.gsm8k import (
     gsm8k_shots,
     score_gsm8k,
 )
-from persyn.eval.harness import eval_lm_eval
-from persyn.eval.ifeval import IFEVAL_HF, ensure_punkt, eval_ifeval, ifeval_metrics, load_ifeval_rows, score_ifeval
+from persyn.experiments.eval.harness import eval_lm_eval
+from persyn.experiments.eval.ifeval import (
+    IFEVAL_HF,
+    ensure_punkt,
+    eval_ifeval,
+    ifeval_metrics,
+    load_ifeval_rows,
+    score_ifeval,
+)
 
 __all__ = [
     "BENCHMARKS", "GSM8K_BUILTIN_SHOTS", "IFEVAL_HF", "Benchmark", "Formatted", "ensure_punkt", "eval_gsm8k",
