@@ -1,0 +1,32 @@
+"""Run configuration: pydantic models mirrored by YAML. Unknown keys and wrong types are errors.
+
+`stages` holds the sections the pipeline reads, `experiments` those of compare, router-eval, train and eval, and
+`run_config` the whole RunConfig and its loading; every name is importable from `persyn.config`."""
+
+from persyn.config.experiments import (
+    STRATEGY_NAMES,
+    BenchmarkSpec,
+    CompareConfig,
+    EvalSection,
+    RouterEvalConfig,
+    TrainSection,
+)
+from persyn.config.run_config import RunConfig, load_config, parse_config
+from persyn.config.stages import (
+    Dtype,
+    GenerationConfig,
+    ProbeConfig,
+    PromptsConfig,
+    QualityConfig,
+    RewardConfig,
+    RouterConfig,
+    Strict,
+    StudentConfig,
+    TeacherConfig,
+)
+
+__all__ = [
+    "STRATEGY_NAMES", "BenchmarkSpec", "CompareConfig", "Dtype", "EvalSection", "GenerationConfig", "ProbeConfig",
+    "PromptsConfig", "QualityConfig", "RewardConfig", "RouterConfig", "RouterEvalConfig", "RunConfig", "Strict",
+    "StudentConfig", "TeacherConfig", "TrainSection", "load_config", "parse_config",
+]
