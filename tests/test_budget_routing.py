@@ -12,8 +12,9 @@ from test_pipeline import BEST, read_jsonl, recorded_config, recorded_pool
 from persyn.cli import main
 from persyn.config import parse_config
 from persyn.errors import ConfigError
-from persyn.pipeline import open_run, rewards_for, run_stages
+from persyn.pipeline import run_stages
 from persyn.router import RidgeRouter, load_router
+from persyn.run import open_run, rewards_for
 from persyn.stages.budget import allocate, calibrated_reward, cascade_next, probe_scales
 
 
@@ -99,7 +100,9 @@ def test_budget_generation_count_is_exact_and_a_rerun_generates_nothing(tmp_path
     assert first.generated == k * T
     run = open_run(cfg)
     try:
-        from persyn.pipeline import generate_pairs, load_stage, stage_pairs
+        from persyn.stages.generate import generate_pairs
+        from persyn.stages.load import load_stage
+        from persyn.stages.work import stage_pairs
 
         load_stage(run)
         generate_pairs(run, stage_pairs(run, "generate")[:25], "partial")

@@ -12,7 +12,8 @@ import yaml
 
 from persyn.cli import main
 from persyn.config import parse_config
-from persyn.pipeline import gen_key, run_stages
+from persyn.keys import Keys
+from persyn.pipeline import run_stages
 from persyn.prompts import Prompt
 from persyn.status import run_status
 
@@ -93,7 +94,8 @@ def expected_routed(cfg: dict, before: dict, route: dict) -> set[str]:
     """Keys of the routed generations this routing needs that the store did not hold."""
     c = parse_config(cfg)
     prompts = {p.id: p for p in (Prompt(pid, text) for pid, text in _prompt_texts(cfg).items())}
-    return {gen_key(c, c.teacher(t), prompts[pid]) for pid, (t, probe) in route.items() if not probe} - set(before)
+    keys = Keys(c)
+    return {keys.generation(c.teacher(t), prompts[pid]) for pid, (t, probe) in route.items() if not probe} - set(before)
 
 
 def _prompt_texts(cfg: dict) -> dict[str, str]:

@@ -13,8 +13,9 @@ from persyn.config import parse_config
 from persyn.errors import ConfigError
 from persyn.experiments.selection import build_datasets, prepare_inputs
 from persyn.experiments.strategies import SelectionInputs, car_values, make_strategy
-from persyn.pipeline import load_stage, open_run, run_stages
-from persyn.run import RewardMatrices
+from persyn.pipeline import run_stages
+from persyn.run import RewardMatrices, open_run
+from persyn.stages.load import load_stage
 
 # teacher -> (family, mean quality, mean learnability). Strong = a; CAR(beta=1) = b: 0.6/1.5 > 0.3/1.2 > 0.9/4.
 POOL = {"a": ("x", 0.9, -3.0), "b": ("y", 0.6, -0.5), "c": ("y", 0.3, -0.2)}

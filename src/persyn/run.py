@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from persyn.executors import Executor, make_executor
 from persyn.keys import Keys
 from persyn.prompts import Prompt
 from persyn.store import Generation, RunLock, Store
+
+if TYPE_CHECKING:
+    from persyn.router.embed import Embedder
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Run:
     prompt_changes: list[str] = field(default_factory=list)  # prompts edited, added or removed since the last run
     changes: str = ""  # the line saying what changed since the last run and what will be redone
     keys: Keys = field(init=False)
+    _embedder: Embedder | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.keys = Keys(self.cfg)
@@ -47,6 +51,29 @@ class Run:
 
     def teacher_names(self) -> list[str]:
         return [t.name for t in self.cfg.teachers]
+
+    def embed(self, texts: list[str], label: str = "embedding") -> np.ndarray:
+        """Prompt embeddings of the router's backbone, through the run's one embedder and its cache. The model is
+        let go after each call, so it does not sit beside the teachers while they generate."""
+        if self._embedder is None:
+            from persyn.router.embed import embedder_for
+
+            student, model = self.cfg.student, None
+            if self.cfg.router.backbone == "student" and student is not None and not student.server_url \
+                    and hasattr(self.executor, "student_model"):
+                executor = self.executor
+                model = lambda: executor.student_model(student)  # noqa: E731 - the loaded student, on first use
+            self._embedder = embedder_for(self.cfg.router, student, self.run_dir / "embeddings.sqlite", model=model)
+        try:
+            return self._embedder.embed(texts, label)
+        finally:
+            self._embedder.release()
+
+    def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
+        self.executor.close()
 
 
 def open_run(cfg: RunConfig) -> Run:
@@ -63,7 +90,7 @@ def opened_run(cfg: RunConfig) -> Iterator[Run]:
         try:
             yield run
         finally:
-            run.executor.close()
+            run.close()
 
 
 # Reading the store -------------------------------------------------------------------------------------------

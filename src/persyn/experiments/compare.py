@@ -19,7 +19,9 @@ from persyn.errors import ConfigError
 from persyn.experiments.selection import select_and_build
 from persyn.experiments.strategies import make_strategy
 from persyn.models import resolve
-from persyn.pipeline import STAGES, load_stage, opened_run, run_stages
+from persyn.pipeline import STAGES, run_stages
+from persyn.run import opened_run
+from persyn.stages.load import load_stage
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,14 @@ from persyn.config import RunConfig
 from persyn.errors import ConfigError
 from persyn.experiments.frontier import baseline_points, default_budgets, frontier_for_split, plot, summarise
 from persyn.keys import draw_probe
-from persyn.pipeline import generate_pairs, load_stage, new_router, opened_run, rewards_for, router_gain, score_prompts
 from persyn.prompts import Prompt
 from persyn.router import Embedder, routed_metrics
+from persyn.run import opened_run, rewards_for
+from persyn.stages.generate import generate_pairs
+from persyn.stages.load import load_stage
 from persyn.stages.probe import kcenter_order
+from persyn.stages.score import score_prompts
+from persyn.stages.train_router import new_router, router_gain
 
 
 def column_means(R: np.ndarray) -> np.ndarray:

@@ -12,9 +12,10 @@ from typing import Any
 
 from persyn.config import TeacherConfig
 from persyn.experiments.strategies import Selection, SelectionInputs, Strategy, make_strategy, selected_rewards
-from persyn.pipeline import generate_pairs, score_prompts
 from persyn.prompts import Prompt
 from persyn.run import Run, probe_rewards, rewards_for
+from persyn.stages.generate import generate_pairs
+from persyn.stages.score import score_prompts
 
 Pair = tuple[Prompt, TeacherConfig]
 

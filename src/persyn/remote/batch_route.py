@@ -7,8 +7,11 @@ from pathlib import Path
 
 from persyn.config import RunConfig
 from persyn.errors import ConfigError
-from persyn.pipeline import load_stage, opened_run, pending_requests, stage_pairs, store_result
 from persyn.remote.batch_api import export_batch, import_batch_results
+from persyn.run import opened_run
+from persyn.stages.generate import store_result
+from persyn.stages.load import load_stage
+from persyn.stages.work import pending_requests, stage_pairs
 
 log = logging.getLogger(__name__)
 STAGES = ("probe", "generate")

@@ -1,4 +1,5 @@
-"""Which prompts the probe takes: a seeded draw, a spread over the embedding space, or adaptive growth.
+"""The probe stage: which prompts the probe takes (a seeded draw, a spread over the embedding space, or adaptive
+growth), and every teacher's response on each.
 
 `random` and `adaptive` use keys.draw_probe: prompts ranked by a hash of (seed, id), the last run's probe kept
 first, so appending prompts leaves the probe as it was and growing it (adaptive rounds) only adds prompts.
@@ -9,11 +10,20 @@ kinds of prompt where teachers differ. Its probe depends on the whole prompt set
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from persyn.keys import draw_probe
+from persyn.prompts import Prompt
+from persyn.run import Run, probe_rewards
+from persyn.stages.generate import generate_pairs
+from persyn.stages.score import score_stage
+from persyn.stages.train_router import fit_router, router_gain
+from persyn.stages.work import stage_pairs
+
+log = logging.getLogger(__name__)
 
 
 def kcenter_order(X: np.ndarray, m: int, first: int) -> list[int]:
@@ -38,3 +48,44 @@ def choose_probe(ids: list[str], texts: list[str], strategy: str, seed: int, siz
         return draw_probe(ids, size, seed, keep=keep)
     first = ids.index(draw_probe(ids, 1, seed)[0])
     return [ids[i] for i in kcenter_order(embed(texts), size, first=first)]
+
+
+def probe_ids(run: Run, prompts: list[Prompt], size: int) -> list[str]:
+    """The config's probe of `size` over these prompts; the last run's probe is kept when drawn with this seed."""
+    p = run.cfg.probe
+    same_seed = run.store.get_meta("probe_seed", p.seed) == p.seed
+    return choose_probe([q.id for q in prompts], [q.text for q in prompts], p.strategy, p.seed, size,
+                        keep=run.store.probe_ids() if same_seed else (), embed=lambda texts: run.embed(texts))
+
+
+def probe_stage(run: Run) -> None:
+    generate_pairs(run, stage_pairs(run, "probe"), "probe")
+    if run.cfg.probe.strategy == "adaptive":
+        _grow_probe(run)
+
+
+def _grow_probe(run: Run) -> None:
+    """Adaptive probe: score, fit the router, and add `probe.size` more prompts while its cross-validated gain over
+    the best single teacher improves, up to `probe.max_size`. Each round is kept in the store, so a rerun replays
+    the decisions from stored scores without generating anything again."""
+    cfg = run.cfg
+    prompts = run.store.prompts()
+    step = cfg.probe.resolve(len(prompts))
+    cap = min(len(prompts), cfg.probe.max_size or 4 * step)
+    rounds: list[dict] = run.store.get_meta("probe_rounds", [])
+    while True:
+        size = len(run.store.probe_ids())
+        score_stage(run)
+        probe = probe_rewards(run)
+        _, report = fit_router(run, probe.prompts, probe.reward)
+        gain = router_gain(report)
+        rounds = [r for r in rounds if r["size"] < size] + [{"size": size, "cv_gain": gain}]
+        run.store.set_meta("probe_rounds", rounds)
+        improving = len(rounds) < 2 or gain > max(r["cv_gain"] for r in rounds[:-1])
+        if size >= cap or not improving:
+            log.info("adaptive probe: %d prompts (%s)", size, "max_size" if size >= cap else "gain stopped improving")
+            return
+        new_size = min(cap, size + step)
+        run.store.set_meta("adaptive_probe_size", new_size)
+        run.store.set_probe(sorted(probe_ids(run, prompts, new_size)))
+        generate_pairs(run, stage_pairs(run, "probe"), f"probe ({new_size})")

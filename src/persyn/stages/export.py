@@ -1,0 +1,11 @@
+"""The export stage: dataset.jsonl, routing.jsonl, scores.jsonl and summary.json (persyn.outputs.export)."""
+
+from __future__ import annotations
+
+from persyn.run import Run
+
+
+def export_stage(run: Run) -> None:
+    from persyn.outputs.export import export_run
+
+    run.summary = export_run(run)
