@@ -105,12 +105,22 @@ class RewardMatrices:
     """Scores of every teacher's response on some prompts, each matrix [P, T] in config teacher order.
 
     quality and learnability are the raw scores (NaN: not scored, or not needed at this reward.alpha); reward is
-    the combined per-prompt reward of Eq. 2 (NaN: no usable response)."""
+    the combined per-prompt reward of Eq. 2 (NaN: no usable response); present marks the responses that exist
+    without error, empty those among them that are blank (Eq. 2 ranks them last)."""
 
     prompts: list[Prompt]
     quality: np.ndarray
     learnability: np.ndarray
     reward: np.ndarray
+    present: np.ndarray | None = None
+    empty: np.ndarray | None = None
+
+    def rows(self, index: np.ndarray | list[int]) -> RewardMatrices:
+        """The same matrices on a subset of the prompts, in `index` order."""
+        idx = np.asarray(index, dtype=np.int64)
+        pick = lambda m: None if m is None else m[idx]  # noqa: E731
+        return RewardMatrices([self.prompts[i] for i in idx] if self.prompts else [], self.quality[idx],
+                              self.learnability[idx], self.reward[idx], pick(self.present), pick(self.empty))
 
 
 def probe_prompts(run: Run) -> list[Prompt]:
@@ -151,7 +161,7 @@ def rewards_for(run: Run, prompts: list[Prompt]) -> RewardMatrices:
     q_in = np.where(present, quality, np.nan) if cfg.reward.alpha < 1 else np.where(present, 0.0, np.nan)
     l_in = np.where(present, learn, np.nan) if cfg.reward.alpha > 0 else None
     rewards = reward_matrix(q_in, l_in, cfg.reward.alpha, cfg.reward.normalization, worst=empty)
-    return RewardMatrices(list(prompts), quality, learn, rewards)
+    return RewardMatrices(list(prompts), quality, learn, rewards, present, empty)
 
 
 def _num(v: float | None) -> float:

@@ -6,10 +6,29 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from persyn.config import RunConfig
+from persyn.config import RunConfig, TeacherConfig
 from persyn.keys import Keys, current_probe
 from persyn.prompts import Prompt, load_prompts
-from persyn.store import Store
+from persyn.store import Route, Store
+
+Pair = tuple[Prompt, TeacherConfig]
+
+
+def probe_pairs(prompts: list[Prompt], probe_ids: set[str], teachers: list[TeacherConfig]) -> list[Pair]:
+    """What the probe needs: every teacher on every probe prompt."""
+    return [(p, t) for p in prompts if p.id in probe_ids for t in teachers]
+
+
+def routed_prompts(prompts: list[Prompt], routing: dict[str, Route]) -> list[tuple[Prompt, Route]]:
+    """The routed prompts (outside the probe) with their routes, in prompt order."""
+    return [(p, routing[p.id]) for p in prompts if p.id in routing and not routing[p.id].probe]
+
+
+def routed_pairs(prompts: list[Prompt], routing: dict[str, Route], teachers: list[TeacherConfig]) -> list[Pair]:
+    """What the generate stage needs: each routed prompt's candidates (the router's picks under a budget)."""
+    by_name = {t.name: t for t in teachers}
+    return [(p, by_name[name]) for p, route in routed_prompts(prompts, routing) for name in route.candidates
+            if name in by_name]
 
 
 class Counts(NamedTuple):
@@ -33,8 +52,7 @@ class Pending:
 
 def pending_work(cfg: RunConfig, store: Store, keys: Keys, prompts: list[Prompt], probe_ids: set[str]) -> Pending:
     """Everything this config still needs that the store lacks; keys come from `keys`, never rebuilt here."""
-    probe = [p for p in prompts if p.id in probe_ids]
-    pairs = [(keys.generation(t, p), t.name) for p in probe for t in cfg.teachers]
+    pairs = [(keys.generation(t, p), t.name) for p, t in probe_pairs(prompts, probe_ids, cfg.teachers)]
     probe_keys = {k for k, _ in pairs}
     done = store.done_keys(probe_keys)
     out = Pending(probe=Counts(len(done), len(probe_keys - done)))
@@ -49,9 +67,7 @@ def pending_work(cfg: RunConfig, store: Store, keys: Keys, prompts: list[Prompt]
     fp = store.get_meta("router_fp")
     routed = sum(1 for p in prompts if p.id in routing and routing[p.id].router == keys.route(fp, p))
     out.routed = Counts(routed, len(prompts) - routed)
-    teachers = {t.name: t for t in cfg.teachers}
-    needed = {keys.generation(teachers[name], p): name for p in prompts if p.id in routing
-              and not routing[p.id].probe for name in routing[p.id].candidates if name in teachers}
+    needed = {keys.generation(t, p): t.name for p, t in routed_pairs(prompts, routing, cfg.teachers)}
     gdone = store.done_keys(needed)
     out.routed_by_teacher.update(name for k, name in needed.items() if k not in gdone)
     out.unrouted = sum(1 for p in prompts if p.id not in probe_ids and p.id not in routing)

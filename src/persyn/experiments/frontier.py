@@ -1,36 +1,25 @@
 """The cost-reward frontier on prompts where every teacher's response is scored: pure functions over matrices.
 
 For each probe seed, a probe is drawn, the router is fitted on it, and the other prompts are routed with a
-generation budget (persyn.stages.budget): mean combined reward of the kept response (Eq. 2 over all N teachers, as the
-oracle sees it), gap captured = (routed - best single) / (oracle - best single) with the best single teacher chosen
-on the probe, Hit@1 and Hit@3 of the kept response, and generations per routed prompt. Baselines at the same
-budgets: the top-k teachers by probe mean reward (the same selection, with no router); and, as points, the best
-single teacher, a random teacher, CAR (one teacher by mean quality / (1 + beta loss), which needs all N
-generations) and the oracle (N generations).
-"""
+generation budget, by the generate stage's own rules (persyn.stages.budget): mean combined reward of the kept
+response (Eq. 2 over all N teachers, as the oracle sees it), gap captured = (routed - best single) / (oracle - best
+single) with the best single teacher chosen on the probe, Hit@1 and Hit@3 of the kept response, and generations per
+routed prompt. Baselines at the same budgets: the top-k teachers by probe mean reward (the same selection, with no
+router); and, as points, the best single teacher, a random teacher, CAR (one teacher by mean quality / (1 + beta
+loss), which needs all N generations) and the oracle (N generations)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from persyn.stages.budget import allocate, best_candidate, cascade_next, probe_scales
-
-Fit = Callable[[np.ndarray, np.ndarray], Any]  # (probe rows, held-out rows) -> [held, T] router scores
+from persyn.run import RewardMatrices
+from persyn.stages import budget as rules
 
 
 def default_budgets(n_teachers: int) -> list[float]:
     return sorted({1.0, 1.5, 2.0, *map(float, range(3, n_teachers + 1))})
-
-
-def keep_best(cands: list[list[int]], Q: np.ndarray, L: np.ndarray, alpha: float, scales: tuple[float, float],
-              R_full: np.ndarray) -> np.ndarray:
-    """The kept teacher per prompt, by the generate stage's rule (persyn.stages.budget.best_candidate)."""
-    T = Q.shape[1]
-    return np.array([c[best_candidate(Q[i, c], L[i, c], alpha, scales, full=R_full[i, c] if len(c) == T else None)]
-                     for i, c in enumerate(cands)], dtype=np.int64)
 
 
 def point(kept: np.ndarray, R: np.ndarray, best_single: int, gens: float) -> dict[str, float]:
@@ -47,53 +36,40 @@ def point(kept: np.ndarray, R: np.ndarray, best_single: int, gens: float) -> dic
             "best_single": single, "oracle": oracle}
 
 
-def cascade(S: np.ndarray, Q: np.ndarray, accept: float, budget: float) -> list[list[int]]:
-    """The generate stage's cascade replayed on known qualities: ask in router order until accepted or out of
-    budget."""
-    n = len(S)
-    asked = [[int(np.argmax(S[i]))] for i in range(n)]
-    room = int(round(budget * n))
-    while True:
-        accepted = [bool(np.any(Q[i, a] >= accept)) for i, a in enumerate(asked)]
-        nxt = cascade_next(S, asked, accepted, room - sum(map(len, asked)))
-        if all(t is None for t in nxt):
-            return asked
-        for i, t in enumerate(nxt):
-            if t is not None:
-                asked[i].append(t)
-
-
-def frontier_for_split(S: np.ndarray, probe_R: np.ndarray, probe_Q: np.ndarray, probe_L: np.ndarray,
-                       R: np.ndarray, Q: np.ndarray, L: np.ndarray, alpha: float, method: str,
-                       budgets: list[float], accept_quality: float | None = None) -> list[dict[str, Any]]:
+def frontier_for_split(scores: np.ndarray, probe: RewardMatrices, held: RewardMatrices, *, alpha: float,
+                       method: str, budgets: list[float], accept_quality: float | None = None) -> list[dict[str, Any]]:
     """Router and top-k-by-probe-mean rows at every budget for one probe/held-out split (and the router's
-    cascade when accept_quality is given)."""
-    means = np.nanmean(np.where(np.isnan(probe_R), np.nan, probe_R), 0)
+    cascade when accept_quality is given), from the router's `scores` [held, T]. Candidates, the cascade and the
+    kept candidate are the generate stage's own rules (persyn.stages.budget), replayed on known scores."""
+    means = np.nanmean(np.where(np.isnan(probe.reward), np.nan, probe.reward), 0)
     means = np.where(np.isfinite(means), means, -np.inf)
     best = int(np.argmax(means))
-    scales = probe_scales(probe_Q if alpha < 1 else None, probe_L if alpha > 0 else None, method)
-    rows = []
-    for label, scores in (("router", S), ("top-k by probe mean", np.tile(means, (len(R), 1)))):
-        for b in budgets:
-            cands = allocate(scores, b)
-            kept = keep_best(cands, Q, L, alpha, scales, R)
-            rows.append({"method": label, "budget": b,
-                         **point(kept, R, best, float(np.mean([len(c) for c in cands])))})
+    scales = rules.probe_scales(probe.quality if alpha < 1 else None, probe.learnability if alpha > 0 else None,
+                                method)
+    R = held.reward
+
+    def row(label: str, b: float, cands: list[list[int]]) -> dict[str, Any]:
+        kept = np.array(rules.keep_best(cands, held.quality, held.learnability, R, alpha, scales), dtype=np.int64)
+        return {"method": label, "budget": b, **point(kept, R, best, float(np.mean([len(c) for c in cands])))}
+
+    rows = [row(label, b, rules.first_candidates(S, b, cascade=False))
+            for label, S in (("router", scores), ("top-k by probe mean", np.tile(means, (len(R), 1))))
+            for b in budgets]
     if accept_quality is not None and alpha < 1:
         for b in budgets:
-            cands = cascade(S, Q, accept_quality, b)
-            kept = keep_best(cands, Q, L, alpha, scales, R)
-            rows.append({"method": f"router cascade (accept quality >= {accept_quality:g})", "budget": b,
-                         **point(kept, R, best, float(np.mean([len(c) for c in cands])))})
+            first = rules.first_candidates(scores, b, cascade=True)
+            cands = rules.cascade(scores, first, accept_quality, int(round(b * len(R))), lambda _: held.quality)
+            rows.append(row(f"router cascade (accept quality >= {accept_quality:g})", b, cands))
     return rows
 
 
-def baseline_points(probe_R: np.ndarray, R: np.ndarray, Q: np.ndarray, L: np.ndarray, alpha: float,
+def baseline_points(probe: RewardMatrices, held: RewardMatrices, alpha: float,
                     car_beta: float) -> list[dict[str, Any]]:
     from persyn.experiments.strategies import car_values
 
+    R, Q, L = held.reward, held.quality, held.learnability
     T = R.shape[1]
-    means = np.nanmean(probe_R, 0)
+    means = np.nanmean(probe.reward, 0)
     best = int(np.nanargmax(np.where(np.isfinite(means), means, -np.inf)))
     oracle = np.argmax(np.where(np.isnan(R), -np.inf, R), 1)
     rows = [{"method": "best single", "budget": 1.0, **point(np.full(len(R), best), R, best, 1.0)},

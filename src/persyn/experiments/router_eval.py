@@ -21,13 +21,12 @@ import numpy as np
 from persyn.config import RunConfig
 from persyn.errors import ConfigError
 from persyn.experiments.frontier import baseline_points, default_budgets, frontier_for_split, plot, summarise
-from persyn.keys import draw_probe
 from persyn.prompts import Prompt
-from persyn.router import Embedder, routed_metrics
-from persyn.run import opened_run, rewards_for
+from persyn.router import embedder_for, routed_metrics
+from persyn.run import RewardMatrices, opened_run, rewards_for
+from persyn.stages import probe as probe_rules
 from persyn.stages.generate import generate_pairs
 from persyn.stages.load import load_stage
-from persyn.stages.probe import kcenter_order
 from persyn.stages.score import score_prompts
 from persyn.stages.train_router import new_router, router_gain
 
@@ -109,9 +108,8 @@ def router_eval(cfg: RunConfig, *, backbones: list[str] | None = None, probe_siz
                                 "fallback_to_bias": getattr(report, "fallback_to_bias", None)})
         evaluated = pool[:max(sizes)] + held
         matrices = rewards_for(run, evaluated)
-        Q, L, R = matrices.quality, matrices.learnability, matrices.reward
         X = np.concatenate(_embed(cfg, backbones[0], pool[:max(sizes)], held))
-        frontier = cost_reward_frontier(cfg, X, Q, L, R, max(sizes), kinds or opts.kinds or [cfg.router.kind],
+        frontier = cost_reward_frontier(cfg, X, matrices, max(sizes), kinds or opts.kinds or [cfg.router.kind],
                                         strategies or opts.probe_strategies or [cfg.probe.strategy],
                                         opts.seeds or [opts.seed], opts.budgets or default_budgets(len(names)))
         out = {"teachers": names, "held_out": len(held), "alpha": cfg.reward.alpha,
@@ -128,73 +126,63 @@ def router_eval(cfg: RunConfig, *, backbones: list[str] | None = None, probe_siz
     return out
 
 
-def cost_reward_frontier(cfg: RunConfig, X: np.ndarray, Q: np.ndarray, L: np.ndarray, R: np.ndarray, k: int,
-                         kinds: list[str], strategies: list[str], seeds: list[int],
-                         budgets: list[float]) -> list[dict[str, Any]]:
+def cost_reward_frontier(cfg: RunConfig, X: np.ndarray, matrices: RewardMatrices, k: int, kinds: list[str],
+                         strategies: list[str], seeds: list[int], budgets: list[float]) -> list[dict[str, Any]]:
     """Frontier rows (mean and spread over probe seeds) for each router kind and probe strategy; the probe is k
     of the given prompts, the rest are held out."""
     per_seed = []
     for seed in seeds:
         rows: list[dict[str, Any]] = []
         for strategy in strategies:
-            probe = _probe_rows(cfg, X, R, k, strategy, seed, kinds[0])
-            held = np.setdiff1d(np.arange(len(R)), probe)
+            probe_idx = probe_rows(cfg, X, matrices.reward, k, strategy, seed, kinds[0])
+            held_idx = np.setdiff1d(np.arange(len(matrices.reward)), probe_idx)
+            probe, held = matrices.rows(probe_idx), matrices.rows(held_idx)
             for kind in kinds:
                 router = new_router(cfg, kind=kind, seed=seed)
-                router.fit(X[probe], R[probe])
-                found = frontier_for_split(router.scores(X[held]), R[probe], Q[probe], L[probe], R[held], Q[held],
-                                           L[held], cfg.reward.alpha, cfg.reward.normalization, budgets,
-                                           cfg.generation.accept_quality)
+                router.fit(X[probe_idx], probe.reward)
+                found = frontier_for_split(router.scores(X[held_idx]), probe, held, alpha=cfg.reward.alpha,
+                                           method=cfg.reward.normalization, budgets=budgets,
+                                           accept_quality=cfg.generation.accept_quality)
                 for row in found:
                     if row["method"].startswith("router"):
                         row["method"] = f"persyn {kind} ({strategy} probe)" + row["method"][len("router"):]
-                        row["probe_size"] = len(probe)
+                        row["probe_size"] = len(probe_idx)
                     elif kind != kinds[0] or strategy != strategies[0]:
                         continue
                     rows.append(row)
             if strategy == strategies[0]:
-                rows += baseline_points(R[probe], R[held], Q[held], L[held], cfg.reward.alpha,
-                                        cfg.compare.car_beta)
+                rows += baseline_points(probe, held, cfg.reward.alpha, cfg.compare.car_beta)
         per_seed.append(rows)
     return summarise(per_seed)
 
 
-def _probe_rows(cfg: RunConfig, X: np.ndarray, R: np.ndarray, k: int, strategy: str, seed: int,
-                kind: str) -> np.ndarray:
-    """Row indices of a probe of at most k prompts: a seeded draw, k-center (diverse), or adaptive: from k/4 in
-    steps of k/4 while the router's cross-validated gain improves (the last, not improving, round is paid for and
-    kept, as in the pipeline)."""
+def probe_rows(cfg: RunConfig, X: np.ndarray, R: np.ndarray, k: int, strategy: str, seed: int,
+               kind: str) -> np.ndarray:
+    """Row indices of a probe of at most k prompts, chosen by the probe stage's own rules (persyn.stages.probe): a
+    seeded draw, k-center (diverse), or adaptive growth as with probe.size = k/4 and probe.max_size = k (the router
+    of `kind` refitted on each round)."""
     ids = [str(i) for i in range(len(R))]
-    if strategy == "diverse":
-        first = int(draw_probe(ids, 1, seed)[0])
-        return np.array(kcenter_order(X, k, first), dtype=np.int64)
-    order = np.array([int(i) for i in draw_probe(ids, len(ids), seed)], dtype=np.int64)
+    texts = [""] * len(R)  # only `diverse` reads the prompts, through their embeddings X
+
+    def draw(size: int, how: str) -> np.ndarray:
+        chosen = probe_rules.choose_probe(ids, texts, how, seed, size, embed=lambda _: X)
+        return np.array([int(i) for i in chosen], dtype=np.int64)
+
     if strategy != "adaptive":
-        return order[:k]
-
-    def gain(size: int) -> float:
-        return router_gain(new_router(cfg, kind=kind, seed=seed).fit(X[order[:size]], R[order[:size]]))
-
+        return draw(k, strategy)
     step = max(2, k // 4)
-    size, best = step, gain(step)
-    while size < k:
-        size = min(k, size + step)
-        if (g := gain(size)) <= best:
-            break
-        best = g
-    return order[:size]
+    size, gains = step, []
+    while True:
+        rows = draw(size, "adaptive")
+        gains.append(router_gain(new_router(cfg, kind=kind, seed=seed).fit(X[rows], R[rows])))
+        if (nxt := probe_rules.next_probe_size(gains, size, step, k)) is None:
+            return rows
+        size = nxt
 
 
 def _embed(cfg: RunConfig, backbone: str, pool: list[Prompt], held: list[Prompt]) -> tuple[np.ndarray, np.ndarray]:
-    spec = backbone
-    if backbone == "student":
-        if cfg.student is None:
-            raise ConfigError("backbone 'student' needs a student", key="compare.router_eval.backbones")
-        spec = cfg.student.model
-    r = cfg.router
-    embedder = Embedder(spec, pooling=r.pooling, layers=r.layers, max_length=r.max_length,
-                        batch_size=r.embed_batch_size, trust_remote_code=r.trust_remote_code,
-                        cache_path=cfg.path / "embeddings.sqlite")
+    embedder = embedder_for(cfg.router, cfg.student, cfg.path / "embeddings.sqlite", backbone=backbone,
+                            key="compare.router_eval.backbones")
     try:
         return embedder.embed([p.text for p in pool]), embedder.embed([p.text for p in held])
     finally:

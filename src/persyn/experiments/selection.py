@@ -12,6 +12,7 @@ from typing import Any
 
 from persyn.config import TeacherConfig
 from persyn.experiments.strategies import Selection, SelectionInputs, Strategy, make_strategy, selected_rewards
+from persyn.outputs.export import dataset_row
 from persyn.prompts import Prompt
 from persyn.run import Run, probe_rewards, rewards_for
 from persyn.stages.generate import generate_pairs
@@ -76,9 +77,7 @@ def write_dataset(run: Run, prompts: list[Prompt], selection: Selection,
             missing.append(p.id)
             continue
         source = ("probe" if p.id in probe_ids else "routed") if selection.strategy == "persyn" else selection.strategy
-        rows.append({"id": p.id, "messages": [{"role": "user", "content": p.text},
-                                              {"role": "assistant", "content": g.text}],
-                     "teacher": t.name, "source": source})
+        rows.append(dataset_row(p, g.text, t.name, source))
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "dataset.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from persyn.prompts import Prompt
 from persyn.run import Run, probe_rewards
 
 
@@ -17,6 +18,13 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, path)  # readers never see a half-written file
+
+
+def dataset_row(prompt: Prompt, response: str | None, teacher: str, source: str, **extra: Any) -> dict[str, Any]:
+    """One dataset row: the prompt and the kept response as a two-turn conversation, who answered and why."""
+    return {"id": prompt.id, "messages": [{"role": "user", "content": prompt.text},
+                                          {"role": "assistant", "content": response}],
+            "teacher": teacher, "source": source, **extra}
 
 
 def _nan_to_none(x: float) -> float | None:
@@ -45,10 +53,8 @@ def export_run(run: Run) -> dict[str, Any]:
         if g is None or g.error is not None:
             missing.append(p.id)
             continue
-        dataset.append({"id": p.id, "messages": [{"role": "user", "content": p.text},
-                                                 {"role": "assistant", "content": g.text}],
-                        "teacher": teacher, "source": "probe" if is_probe else "routed",
-                        **{kind: values.get(keys[p.id]) for kind, values in known.items()}})
+        dataset.append(dataset_row(p, g.text, teacher, "probe" if is_probe else "routed",
+                                   **{kind: values.get(keys[p.id]) for kind, values in known.items()}))
     out = cfg.path
     _write_jsonl(out / "dataset.jsonl", dataset)
     _write_jsonl(out / "routing.jsonl", routing_rows)

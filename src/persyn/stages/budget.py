@@ -17,6 +17,7 @@ present, the probe's exact normalisation is used, so `budget = N` is Generate th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -40,6 +41,29 @@ def allocate(scores: np.ndarray, budget: float) -> list[list[int]]:
         chosen = flat[:extra] // (T - 1)
         counts += np.bincount(chosen, minlength=n)
     return [order[i, : counts[i]].tolist() for i in range(n)]
+
+
+def first_candidates(scores: np.ndarray, budget: float, cascade: bool) -> list[list[int]]:
+    """The candidates the route stage gives each routed prompt: the top choice alone when a cascade asks further
+    teachers as answers come in, else `allocate`'s top choice plus the budget's extra generations."""
+    if cascade:
+        return [[int(np.argmax(row))] for row in np.asarray(scores)]
+    return allocate(scores, budget)
+
+
+def cascade(scores: np.ndarray, asked: list[list[int]], accept: float, room: int,
+            quality: Callable[[list[list[int]]], np.ndarray]) -> list[list[int]]:
+    """The cascade: ask each prompt's next teacher in router order while its best quality is below `accept`, until
+    `room` generations are spent. `quality(asked)` gives the quality [P, T] once every asked teacher has answered
+    (the generate stage generates and scores them; the frontier replay reads known scores). Returns who was asked."""
+    asked = [list(a) for a in asked]
+    while True:
+        Q = quality(asked)
+        accepted = [bool(np.any(Q[i, a] >= accept)) for i, a in enumerate(asked)]
+        nxt = cascade_next(scores, asked, accepted, room - sum(map(len, asked)))
+        if all(t is None for t in nxt):
+            return asked
+        asked = [a + [t] if t is not None else a for a, t in zip(asked, nxt, strict=True)]
 
 
 def cascade_next(scores: np.ndarray, asked: list[list[int]], accepted: list[bool], room: int) -> list[int | None]:
@@ -92,6 +116,17 @@ def calibrated_reward(quality: np.ndarray, learnability: np.ndarray | None, alph
     if alpha >= 1:
         return l_
     return (1 - alpha) * q + alpha * l_
+
+
+def keep_best(cands: list[list[int]], quality: np.ndarray, learnability: np.ndarray, reward: np.ndarray,
+              alpha: float, scales: tuple[float, float], empty: np.ndarray | None = None) -> list[int | None]:
+    """The kept teacher per prompt among its candidates (None: it has none), from the candidates' scores [P, T]:
+    `reward` is Eq. 2 over every teacher, used when all of them answered; `empty` marks blank responses."""
+    T = quality.shape[1]
+    return [None if not c else c[best_candidate(quality[i, c], learnability[i, c], alpha, scales,
+                                                empty=None if empty is None else empty[i, c],
+                                                full=reward[i, c] if len(c) == T else None)]
+            for i, c in enumerate(cands)]
 
 
 def best_candidate(quality: np.ndarray, learnability: np.ndarray | None, alpha: float, scales: tuple[float, float],

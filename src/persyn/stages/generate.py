@@ -10,7 +10,8 @@ from persyn.backends.base import GenRequest, GenResult
 from persyn.config import TeacherConfig
 from persyn.progress import progress
 from persyn.prompts import Prompt
-from persyn.run import Run, probe_rewards, prompt_generations, rewards_for
+from persyn.run import Run, probe_rewards, rewards_for
+from persyn.stages import budget
 from persyn.stages.score import score_prompts
 from persyn.stages.work import fail_if_all_failed, pending_requests, routed, stage_pairs
 
@@ -59,59 +60,43 @@ def generate_stage(run: Run) -> None:
 
 
 def _cascade(run: Run) -> None:
-    """Ask the router's next teacher while a prompt's best quality is below accept_quality and the budget lasts."""
-    from persyn.stages.budget import cascade_next
-
+    """Ask the router's next teacher while a prompt's best quality is below accept_quality and the budget lasts
+    (persyn.stages.budget.cascade, which the frontier replays on known scores)."""
     g, names = run.cfg.generation, run.teacher_names()
     routes = routed(run)
-    room_total = int(round(g.budget * len(routes)))
-    while True:
-        generate_pairs(run, stage_pairs(run, "generate"), "generate")
-        prompts = [p for p, _ in routes]
-        score_prompts(run, prompts, "cascade", kinds=("quality",))
-        quality = rewards_for(run, prompts).quality
-        asked = [[names.index(t) for t in r.candidates] for _, r in routes]
-        accepted = [bool(np.any(quality[i, a] >= g.accept_quality)) for i, a in enumerate(asked)]
-        S = np.array([[r.scores[n] for n in names] for _, r in routes]).reshape(len(routes), len(names))
-        nxt = cascade_next(S, asked, accepted, room_total - sum(map(len, asked)))
-        if all(t is None for t in nxt):
-            return
-        updates = {p.id: (r.teacher, r.candidates + [names[t]]) for (p, r), t in zip(routes, nxt, strict=True)
-                   if t is not None}
-        run.store.update_routes(updates)
-        routes = routed(run)
-def select_candidates(run: Run) -> None:
-    """Keep each routed prompt's best candidate by the probe's combined reward (scale: persyn.stages.budget)."""
-    from persyn.scoring.reward import reward_matrix
-    from persyn.stages.budget import best_candidate, probe_scales
+    prompts = [p for p, _ in routes]
+    stored = [[names.index(t) for t in r.candidates] for _, r in routes]
+    S = np.array([[r.scores[n] for n in names] for _, r in routes]).reshape(len(routes), len(names))
 
-    cfg, names = run.cfg, run.teacher_names()
+    def answered(asked: list[list[int]]) -> np.ndarray:
+        updates = {p.id: (r.teacher, [names[t] for t in a]) for (p, r), a, was in zip(routes, asked, stored,
+                                                                                     strict=True) if a != was}
+        if updates:
+            run.store.update_routes(updates)
+            stored[:] = [list(a) for a in asked]
+        generate_pairs(run, stage_pairs(run, "generate"), "generate")
+        score_prompts(run, prompts, "cascade", kinds=("quality",))
+        return rewards_for(run, prompts).quality
+
+    budget.cascade(S, stored, g.accept_quality, int(round(g.budget * len(routes))), answered)
+
+
+def select_candidates(run: Run) -> None:
+    """Keep each routed prompt's best candidate by the probe's combined reward (persyn.stages.budget.keep_best,
+    which the frontier replays); a failed generation is no candidate."""
+    rw, names = run.cfg.reward, run.teacher_names()
     multi = [(p, r) for p, r in routed(run) if len(r.candidates) > 1]
     if not multi:
         return
     prompts = [p for p, _ in multi]
     score_prompts(run, prompts, "select")
-    candidates = rewards_for(run, prompts)
-    quality, learn = candidates.quality, candidates.learnability
-    keys, gens = prompt_generations(run, prompts)
+    m = rewards_for(run, prompts)
     probe = probe_rewards(run)
-    alpha, method = cfg.reward.alpha, cfg.reward.normalization
-    scales = probe_scales(probe.quality if alpha < 1 else None, probe.learnability if alpha > 0 else None, method)
-    updates = {}
-    for i, (p, r) in enumerate(multi):
-        cols = [names.index(t) for t in r.candidates]
-        ok = [j for j in cols if keys[i][j] in gens and gens[keys[i][j]].error is None]
-        if not ok:
-            continue
-        q, l_ = quality[i, ok], learn[i, ok]
-        empty = np.array([not (gens[keys[i][j]].text or "").strip() for j in ok])
-        full = None
-        if len(ok) == len(names):  # every teacher answered: exactly the probe's Eq. 2
-            full = reward_matrix(q[None] if alpha < 1 else np.zeros((1, len(ok))),
-                                 l_[None] if alpha > 0 else None, alpha, method, worst=empty[None])[0]
-        best = names[ok[best_candidate(q, l_, alpha, scales, empty=empty, full=full)]]
-        if best != r.teacher:
-            updates[p.id] = (best, r.candidates)
+    scales = budget.probe_scales(probe.quality if rw.alpha < 1 else None, probe.learnability if rw.alpha > 0 else None,
+                                 rw.normalization)
+    cands = [[j for j in map(names.index, r.candidates) if m.present[i, j]] for i, (_, r) in enumerate(multi)]
+    kept = budget.keep_best(cands, m.quality, m.learnability, m.reward, rw.alpha, scales, m.empty)
+    updates = {p.id: (names[k], r.candidates) for (p, r), k in zip(multi, kept, strict=True)
+               if k is not None and names[k] != r.teacher}
     if updates:
         run.store.update_routes(updates)
-

@@ -50,6 +50,16 @@ def choose_probe(ids: list[str], texts: list[str], strategy: str, seed: int, siz
     return [ids[i] for i in kcenter_order(embed(texts), size, first=first)]
 
 
+def next_probe_size(gains: list[float], size: int, step: int, cap: int) -> int | None:
+    """Adaptive growth: after a round at `size` whose router gain is gains[-1] (earlier rounds' gains before it),
+    the next probe size, or None to stop there: at `cap`, or when the gain did not beat every earlier round's (the
+    last round is paid for and kept)."""
+    improving = len(gains) < 2 or gains[-1] > max(gains[:-1])
+    if size >= cap or not improving:
+        return None
+    return min(cap, size + step)
+
+
 def probe_ids(run: Run, prompts: list[Prompt], size: int) -> list[str]:
     """The config's probe of `size` over these prompts; the last run's probe is kept when drawn with this seed."""
     p = run.cfg.probe
@@ -81,11 +91,10 @@ def _grow_probe(run: Run) -> None:
         gain = router_gain(report)
         rounds = [r for r in rounds if r["size"] < size] + [{"size": size, "cv_gain": gain}]
         run.store.set_meta("probe_rounds", rounds)
-        improving = len(rounds) < 2 or gain > max(r["cv_gain"] for r in rounds[:-1])
-        if size >= cap or not improving:
+        new_size = next_probe_size([r["cv_gain"] for r in rounds], size, step, cap)
+        if new_size is None:
             log.info("adaptive probe: %d prompts (%s)", size, "max_size" if size >= cap else "gain stopped improving")
             return
-        new_size = min(cap, size + step)
         run.store.set_meta("adaptive_probe_size", new_size)
         run.store.set_probe(sorted(probe_ids(run, prompts, new_size)))
         generate_pairs(run, stage_pairs(run, "probe"), f"probe ({new_size})")

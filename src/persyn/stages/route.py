@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from persyn.run import Run, probe_rewards
+from persyn.stages import budget
 from persyn.stages.train_router import router_dir
 from persyn.store import Route
 
@@ -18,8 +19,6 @@ def load_router(run: Run):
 def route_stage(run: Run) -> None:
     """Route every prompt: a probe prompt keeps its best-reward teacher; every other prompt gets the router's top
     choice, plus the extra candidates the generation budget pays for (persyn.stages.budget)."""
-    from persyn.stages.budget import allocate
-
     fp = run.store.get_meta("router_fp")
     g = run.cfg.generation
     plan = {"budget": g.budget, "accept_quality": g.accept_quality}
@@ -35,10 +34,8 @@ def route_stage(run: Run) -> None:
     S = load_router(run).scores(run.embed([p.text for p in prompts], "route: embedding prompts"))
     best_probe = {p.id: (_argmax_nan(rewards[i]), np.flatnonzero(np.isfinite(rewards[i]))) for i, p in enumerate(probe)}
     routed = [i for i, p in enumerate(prompts) if best_probe.get(p.id, (None,))[0] is None]
-    if g.accept_quality is None:
-        candidates = allocate(S[routed], g.budget)
-    else:  # the cascade asks further teachers in the generate stage, one round at a time
-        candidates = [[int(np.argmax(S[i]))] for i in routed]
+    # a cascade asks further teachers in the generate stage, one round at a time
+    candidates = budget.first_candidates(S[routed], g.budget, cascade=g.accept_quality is not None)
     chosen = dict(zip(routed, candidates, strict=True))
     rows = []
     for i, p in enumerate(prompts):

@@ -8,22 +8,21 @@ from persyn.backends.base import GenRequest
 from persyn.config import TeacherConfig
 from persyn.errors import StageFailedError
 from persyn.prompts import Prompt
-from persyn.run import Run, probe_prompts
+from persyn.run import Run
+from persyn.status import probe_pairs, routed_pairs, routed_prompts
 from persyn.store import Route
 
 
 def routed(run: Run) -> list[tuple[Prompt, Route]]:
     """The routed prompts (outside the probe) and their routes, in prompt order."""
-    routing = run.store.routing()
-    return [(p, routing[p.id]) for p in run.store.prompts() if p.id in routing and not routing[p.id].probe]
+    return routed_prompts(run.store.prompts(), run.store.routing())
 
 
 def stage_pairs(run: Run, stage: str) -> list[tuple[Prompt, TeacherConfig]]:
     """The (prompt, teacher) pairs a generating stage needs: every teacher on the probe, or the routed pairs."""
     if stage == "probe":
-        return [(p, t) for p in probe_prompts(run) for t in run.cfg.teachers]
-    teachers = {t.name: t for t in run.cfg.teachers}
-    return [(p, teachers[name]) for p, route in routed(run) for name in route.candidates if name in teachers]
+        return probe_pairs(run.store.prompts(), run.store.probe_ids(), run.cfg.teachers)
+    return routed_pairs(run.store.prompts(), run.store.routing(), run.cfg.teachers)
 
 
 def pending_requests(run: Run, pairs: list[tuple[Prompt, TeacherConfig]]) -> dict[str, list[GenRequest]]:
