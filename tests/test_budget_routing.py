@@ -15,7 +15,8 @@ from persyn.errors import ConfigError
 from persyn.pipeline import run_stages
 from persyn.router import RidgeRouter, load_router
 from persyn.run import open_run, rewards_for
-from persyn.stages.budget import allocate, calibrated_reward, cascade_next, probe_scales
+from persyn.scoring.reward import calibrated_reward, probe_scales
+from persyn.stages.budget import allocate, cascade_next
 
 
 def topic_data(n: int, seed: int, noise: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +79,7 @@ def test_cascade_next_asks_only_unaccepted_prompts_within_room():
 def test_calibrated_reward_is_independent_of_which_other_teachers_answered():
     Q = np.array([[0.1, 0.5, 0.9], [0.2, 0.3, 0.4]])
     L = np.array([[-2.0, -1.0, -3.0], [-1.5, -2.5, -2.0]])
-    scales = probe_scales(Q, L, "minmax")
+    scales = probe_scales(Q, L, 0.4, "minmax")
     assert scales == pytest.approx((0.5, 1.5))
     full = calibrated_reward(Q[0], L[0], 0.4, scales)
     pair = calibrated_reward(Q[0, :2], L[0, :2], 0.4, scales)

@@ -115,9 +115,9 @@ class Keys:
         snap: dict[str, Any] = {"teachers": {t.name: {"fingerprint": self.teacher(t),
                                                       "params": self.params(t).as_dict()}
                                              for t in cfg.teachers}}
-        if cfg.reward.alpha < 1:
+        if cfg.reward.needs_quality:
             snap["quality"] = self.quality_scorer
-        if cfg.reward.alpha > 0 and cfg.student is not None:
+        if cfg.reward.needs_learnability and cfg.student is not None:
             snap["student"] = self.learnability_scorer
         snap["reward"] = cfg.reward.model_dump(mode="json")
         snap["router"] = cfg.router.model_dump(mode="json")

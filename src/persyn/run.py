@@ -140,7 +140,7 @@ def probe_rewards(run: Run) -> RewardMatrices:
 
 def rewards_for(run: Run, prompts: list[Prompt]) -> RewardMatrices:
     """Raw quality and learnability and the combined reward for these prompts, from what the store holds."""
-    from persyn.scoring.reward import reward_matrix
+    from persyn.scoring.reward import scored_rewards
 
     cfg = run.cfg
     keys, gens = prompt_generations(run, prompts)
@@ -148,19 +148,16 @@ def rewards_for(run: Run, prompts: list[Prompt]) -> RewardMatrices:
     P, T = len(prompts), len(cfg.teachers)
     nan = np.full((P, T), np.nan)
     quality, learn = nan.copy(), nan.copy()
-    if cfg.reward.alpha < 1:
+    if cfg.reward.needs_quality:
         q = run.store.scores("quality", run.keys.quality_scorer, flat)
         quality = np.array([[_num(q.get(k)) for k in row] for row in keys]).reshape(P, T)
-    if cfg.reward.alpha > 0:
+    if cfg.reward.needs_learnability:
         s = run.store.scores("learnability", run.keys.learnability_scorer, flat)
         learn = np.array([[_num(s.get(k)) for k in row] for row in keys]).reshape(P, T)
     present = np.array([[k in gens and gens[k].error is None for k in row] for row in keys]).reshape(P, T)
     empty = np.array([[k in gens and gens[k].error is None and not (gens[k].text or "").strip() for k in row]
                       for row in keys]).reshape(P, T)
-    # Failed generations and responses without a score drop out (NaN); empty responses score the worst.
-    q_in = np.where(present, quality, np.nan) if cfg.reward.alpha < 1 else np.where(present, 0.0, np.nan)
-    l_in = np.where(present, learn, np.nan) if cfg.reward.alpha > 0 else None
-    rewards = reward_matrix(q_in, l_in, cfg.reward.alpha, cfg.reward.normalization, worst=empty)
+    rewards = scored_rewards(quality, learn, present, empty, cfg.reward.alpha, cfg.reward.normalization)
     return RewardMatrices(list(prompts), quality, learn, rewards, present, empty)
 
 

@@ -57,10 +57,10 @@ def pending_work(cfg: RunConfig, store: Store, keys: Keys, prompts: list[Prompt]
     done = store.done_keys(probe_keys)
     out = Pending(probe=Counts(len(done), len(probe_keys - done)))
     out.probe_by_teacher.update(name for k, name in dict(pairs).items() if k not in done)
-    if cfg.reward.alpha < 1:
+    if cfg.reward.needs_quality:
         q = store.scores("quality", keys.quality_scorer, sorted(done))
         out.quality = Counts(len(q), len(probe_keys - set(q)))
-    if cfg.reward.alpha > 0:
+    if cfg.reward.needs_learnability:
         s = store.scores("learnability", keys.learnability_scorer, sorted(done))
         out.learnability = Counts(len(s), len(probe_keys - set(s)))
     routing = store.routing()

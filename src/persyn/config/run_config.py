@@ -64,7 +64,7 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _needs(self) -> RunConfig:
-        if self.reward.alpha > 0 and self.student is None:
+        if self.reward.needs_learnability and self.student is None:
             raise ValueError("reward.alpha > 0 needs a student (learnability is the student's log-probability)")
         return self
 
@@ -112,7 +112,7 @@ def _check_settings(cfg: RunConfig, source: str | None) -> None:
     if g.budget > n:
         raise ConfigError(f"must be between 1 and the number of teachers ({n}), got {g.budget:g}",
                           key="generation.budget", file=source)
-    if g.accept_quality is not None and cfg.reward.alpha >= 1:
+    if g.accept_quality is not None and not cfg.reward.needs_quality:
         raise ConfigError("needs a quality scorer to judge answers, but reward.alpha = 1 never computes quality",
                           key="generation.accept_quality", file=source)
     if cfg.probe.max_size is not None and cfg.probe.strategy != "adaptive":

@@ -160,6 +160,17 @@ class RewardConfig(Strict):
     normalization: Literal["minmax", "zscore", "rank", "none"] = Field(default="minmax", description=(
         "How quality and learnability are normalised across the teachers' responses to one prompt."))
 
+    # What a run computes: every other module asks these rather than reading alpha.
+    @property
+    def needs_quality(self) -> bool:
+        """Quality is part of the reward (alpha < 1): scored, and the quality scorer loaded."""
+        return self.alpha < 1
+
+    @property
+    def needs_learnability(self) -> bool:
+        """Learnability is part of the reward (alpha > 0): scored, and the student loaded."""
+        return self.alpha > 0
+
 
 class ProbeConfig(Strict):
     size: int | None = Field(default=None, gt=0, description=(

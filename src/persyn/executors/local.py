@@ -90,7 +90,7 @@ class LocalExecutor:
         key = self.student_key() if teacher is None else self.teacher_key(teacher)
         if key is None or key not in self.resident:
             return
-        if teacher is not None and key == self.student_key() and self.cfg.reward.alpha > 0:
+        if teacher is not None and key == self.student_key() and self.cfg.reward.needs_learnability:
             return  # the student will need this very model to score the teacher's responses
         self._evict(key)
 

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from persyn.config import RewardConfig
 from persyn.run import RewardMatrices
+from persyn.scoring.reward import probe_scales
 from persyn.stages import budget as rules
 
 
@@ -36,16 +38,16 @@ def point(kept: np.ndarray, R: np.ndarray, best_single: int, gens: float) -> dic
             "best_single": single, "oracle": oracle}
 
 
-def frontier_for_split(scores: np.ndarray, probe: RewardMatrices, held: RewardMatrices, *, alpha: float,
-                       method: str, budgets: list[float], accept_quality: float | None = None) -> list[dict[str, Any]]:
+def frontier_for_split(scores: np.ndarray, probe: RewardMatrices, held: RewardMatrices, *, reward: RewardConfig,
+                       budgets: list[float], accept_quality: float | None = None) -> list[dict[str, Any]]:
     """Router and top-k-by-probe-mean rows at every budget for one probe/held-out split (and the router's
     cascade when accept_quality is given), from the router's `scores` [held, T]. Candidates, the cascade and the
     kept candidate are the generate stage's own rules (persyn.stages.budget), replayed on known scores."""
     means = np.nanmean(np.where(np.isnan(probe.reward), np.nan, probe.reward), 0)
     means = np.where(np.isfinite(means), means, -np.inf)
     best = int(np.argmax(means))
-    scales = rules.probe_scales(probe.quality if alpha < 1 else None, probe.learnability if alpha > 0 else None,
-                                method)
+    alpha = reward.alpha
+    scales = probe_scales(probe.quality, probe.learnability, alpha, reward.normalization)
     R = held.reward
 
     def row(label: str, b: float, cands: list[list[int]]) -> dict[str, Any]:
@@ -55,7 +57,7 @@ def frontier_for_split(scores: np.ndarray, probe: RewardMatrices, held: RewardMa
     rows = [row(label, b, rules.first_candidates(S, b, cascade=False))
             for label, S in (("router", scores), ("top-k by probe mean", np.tile(means, (len(R), 1))))
             for b in budgets]
-    if accept_quality is not None and alpha < 1:
+    if accept_quality is not None and reward.needs_quality:
         for b in budgets:
             first = rules.first_candidates(scores, b, cascade=True)
             cands = rules.cascade(scores, first, accept_quality, int(round(b * len(R))), lambda _: held.quality)
@@ -63,7 +65,7 @@ def frontier_for_split(scores: np.ndarray, probe: RewardMatrices, held: RewardMa
     return rows
 
 
-def baseline_points(probe: RewardMatrices, held: RewardMatrices, alpha: float,
+def baseline_points(probe: RewardMatrices, held: RewardMatrices, reward: RewardConfig,
                     car_beta: float) -> list[dict[str, Any]]:
     from persyn.experiments.strategies import car_values
 
@@ -79,7 +81,7 @@ def baseline_points(probe: RewardMatrices, held: RewardMatrices, alpha: float,
     span = rand["oracle"] - rand["best_single"]
     rand["gap_captured"] = (rand["mean_reward"] - rand["best_single"]) / span if span > 1e-12 else 0.0
     rows.append({"method": "random", "budget": 1.0, **rand})
-    if 0 < alpha < 1:
+    if reward.needs_quality and reward.needs_learnability:
         car = int(np.nanargmax(np.where(np.isfinite(v := car_values(Q, L, car_beta)), v, -np.inf)))
         rows.append({"method": "car", "budget": float(T), **point(np.full(len(R), car), R, best, float(T))})
     return rows

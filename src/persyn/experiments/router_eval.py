@@ -140,9 +140,8 @@ def cost_reward_frontier(cfg: RunConfig, X: np.ndarray, matrices: RewardMatrices
             for kind in kinds:
                 router = new_router(cfg, kind=kind, seed=seed)
                 router.fit(X[probe_idx], probe.reward)
-                found = frontier_for_split(router.scores(X[held_idx]), probe, held, alpha=cfg.reward.alpha,
-                                           method=cfg.reward.normalization, budgets=budgets,
-                                           accept_quality=cfg.generation.accept_quality)
+                found = frontier_for_split(router.scores(X[held_idx]), probe, held, reward=cfg.reward,
+                                           budgets=budgets, accept_quality=cfg.generation.accept_quality)
                 for row in found:
                     if row["method"].startswith("router"):
                         row["method"] = f"persyn {kind} ({strategy} probe)" + row["method"][len("router"):]
@@ -151,7 +150,7 @@ def cost_reward_frontier(cfg: RunConfig, X: np.ndarray, matrices: RewardMatrices
                         continue
                     rows.append(row)
             if strategy == strategies[0]:
-                rows += baseline_points(probe, held, cfg.reward.alpha, cfg.compare.car_beta)
+                rows += baseline_points(probe, held, cfg.reward, cfg.compare.car_beta)
         per_seed.append(rows)
     return summarise(per_seed)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from persyn.config import CompareConfig, RunConfig
+from persyn.config import CompareConfig, RewardConfig, RunConfig
 from persyn.errors import ConfigError, PersynError
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ class SelectionInputs:
     teachers: list[str]
     families: dict[str, str | None]
     student_family: str | None
-    alpha: float
+    reward: RewardConfig
     options: CompareConfig
     n_prompts: int
     probe: RewardMatrices | None = None  # every teacher on the probe prompts
@@ -43,7 +43,7 @@ class SelectionInputs:
     def from_config(cls, cfg: RunConfig, n_prompts: int) -> SelectionInputs:
         return cls(teachers=[t.name for t in cfg.teachers], families={t.name: t.family for t in cfg.teachers},
                    student_family=cfg.student.family if cfg.student is not None else None,
-                   alpha=cfg.reward.alpha, options=cfg.compare, n_prompts=n_prompts)
+                   reward=cfg.reward, options=cfg.compare, n_prompts=n_prompts)
 
     def teacher(self, name: str, key: str) -> str:
         if name not in self.teachers:
@@ -274,7 +274,7 @@ class CARStrategy(Strategy):
     needs_all_responses = True
 
     def check(self, inputs: SelectionInputs) -> None:
-        if not 0 < inputs.alpha < 1:
+        if not (inputs.reward.needs_quality and inputs.reward.needs_learnability):
             raise ConfigError("car needs both quality and the student's learnability: 0 < reward.alpha < 1",
                               key="reward.alpha")
 

@@ -8,6 +8,8 @@ comparison. In a P x T matrix, NaN means "this teacher gave no response" and sta
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 METHODS = ("minmax", "zscore", "rank", "none")
@@ -93,6 +95,48 @@ def reward_matrix(quality: np.ndarray, learnability: np.ndarray | None, alpha: f
             out[p, present] = combine(q[p, present], None if lq is None else lq[p, present], alpha, method,
                                       worst=bad[p, present])
     return out
+
+
+def scored_rewards(quality: np.ndarray, learnability: np.ndarray, present: np.ndarray, empty: np.ndarray,
+                   alpha: float, method: str = "minmax") -> np.ndarray:
+    """Rewards [P, T] from stored raw scores: a failed generation or a missing score drops out (NaN), an empty
+    response scores the worst, and a component alpha does not use is ignored."""
+    q_in = np.where(present, quality, np.nan) if alpha < 1 else np.where(present, 0.0, np.nan)
+    l_in = np.where(present, learnability, np.nan) if alpha > 0 else None
+    return reward_matrix(q_in, l_in, alpha, method, worst=empty)
+
+
+def probe_scales(quality: np.ndarray, learnability: np.ndarray, alpha: float, method: str) -> tuple[float, float]:
+    """Typical per-prompt spread of quality and learnability across the teachers on the probe [P, T] (1 for a
+    component alpha does not use): the fixed scales that make a reward of k < N candidates comparable (persyn.stages.
+    budget)."""
+    def spread(M: np.ndarray | None) -> float:
+        if M is None:
+            return 1.0
+        M = np.asarray(M, dtype=np.float64)
+        rows = M[(~np.isnan(M)).sum(1) >= 2]
+        if not len(rows):
+            return 1.0
+        s = np.nanstd(rows, 1) if method == "zscore" else np.nanmax(rows, 1) - np.nanmin(rows, 1)
+        value = float(np.mean(s))
+        return value if value > 1e-12 and math.isfinite(value) else 1.0
+
+    if method == "none":
+        return 1.0, 1.0
+    return spread(quality if alpha < 1 else None), spread(learnability if alpha > 0 else None)
+
+
+def calibrated_reward(quality: np.ndarray, learnability: np.ndarray | None, alpha: float,
+                      scales: tuple[float, float]) -> np.ndarray:
+    """Combined reward of any subset of a prompt's candidates on fixed scales (`probe_scales`), so that comparing
+    two candidates does not depend on which other teachers answered."""
+    q = np.asarray(quality, dtype=np.float64) / scales[0]
+    if alpha <= 0 or learnability is None:
+        return q
+    l_ = np.asarray(learnability, dtype=np.float64) / scales[1]
+    if alpha >= 1:
+        return l_
+    return (1 - alpha) * q + alpha * l_
 
 
 def preference_pairs(rewards_row: np.ndarray, tie_eps: float = 1e-9) -> list[tuple[int, int]]:

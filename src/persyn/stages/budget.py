@@ -5,21 +5,23 @@ Extra generations go where the router is least sure: every routed prompt gets it
 top choice. In cascade mode (`accept_quality`), the next teacher is asked only while the best answer so far is below
 the accepted quality.
 
-The best candidate is kept by the same combined reward as the probe. Eq. 2 normalises quality and learnability per
-prompt across all N teachers; with k < N candidates, a per-prompt min-max over the k alone would stretch any small
-difference to the full [0, 1] range (two near-identical answers would differ by a whole point of "quality"). So each
-component is divided by its typical per-prompt spread across the N teachers on the probe instead (the mean per-prompt
-range for min-max and rank, the mean per-prompt standard deviation for z-score): a fixed, prompt-independent scale,
-so a comparison between two candidates does not depend on which other teachers answered. With all N candidates
-present, the probe's exact normalisation is used, so `budget = N` is Generate then Select.
+The best candidate is kept by the same combined reward as the probe (persyn.scoring.reward). Eq. 2 normalises
+quality and learnability per prompt across all N teachers; with k < N candidates, a per-prompt min-max over the k
+alone would stretch any small difference to the full [0, 1] range (two near-identical answers would differ by a
+whole point of "quality"). So each component is divided by its typical per-prompt spread across the N teachers on
+the probe instead (the mean per-prompt range for min-max and rank, the mean per-prompt standard deviation for
+z-score): a fixed, prompt-independent scale, so a comparison between two candidates does not depend on which other
+teachers answered. With all N candidates present, the probe's exact normalisation is used, so `budget = N` is
+Generate then Select.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
+
+from persyn.scoring.reward import calibrated_reward
 
 
 def extra_generations(n_prompts: int, budget: float) -> int:
@@ -87,37 +89,6 @@ def cascade_next(scores: np.ndarray, asked: list[list[int]], accepted: list[bool
     return out
 
 
-def probe_scales(quality: np.ndarray | None, learnability: np.ndarray | None,
-                 method: str) -> tuple[float, float]:
-    """Typical per-prompt spread of quality and learnability across the teachers on the probe."""
-    def spread(M: np.ndarray | None) -> float:
-        if M is None:
-            return 1.0
-        M = np.asarray(M, dtype=np.float64)
-        rows = M[(~np.isnan(M)).sum(1) >= 2]
-        if not len(rows):
-            return 1.0
-        s = np.nanstd(rows, 1) if method == "zscore" else np.nanmax(rows, 1) - np.nanmin(rows, 1)
-        value = float(np.mean(s))
-        return value if value > 1e-12 and math.isfinite(value) else 1.0
-
-    if method == "none":
-        return 1.0, 1.0
-    return spread(quality), spread(learnability)
-
-
-def calibrated_reward(quality: np.ndarray, learnability: np.ndarray | None, alpha: float,
-                      scales: tuple[float, float]) -> np.ndarray:
-    """Combined reward of any subset of a prompt's candidates on a fixed scale (see the module docstring)."""
-    q = np.asarray(quality, dtype=np.float64) / scales[0]
-    if alpha <= 0 or learnability is None:
-        return q
-    l_ = np.asarray(learnability, dtype=np.float64) / scales[1]
-    if alpha >= 1:
-        return l_
-    return (1 - alpha) * q + alpha * l_
-
-
 def keep_best(cands: list[list[int]], quality: np.ndarray, learnability: np.ndarray, reward: np.ndarray,
               alpha: float, scales: tuple[float, float], empty: np.ndarray | None = None) -> list[int | None]:
     """The kept teacher per prompt among its candidates (None: it has none), from the candidates' scores [P, T]:
@@ -134,9 +105,7 @@ def best_candidate(quality: np.ndarray, learnability: np.ndarray | None, alpha: 
     """Position of the candidate to keep: by `full` (the probe's exact Eq. 2 row, when every teacher answered) or
     else by the calibrated reward, where an empty response ranks last; an unscored candidate never wins."""
     if full is None:
-        q = np.asarray(quality, dtype=np.float64)
-        value = calibrated_reward(q if alpha < 1 else np.zeros(len(q)), learnability if alpha > 0 else None, alpha,
-                                  scales)
+        value = calibrated_reward(quality, learnability, alpha, scales)
         if empty is not None:
             value = np.where(empty, -np.inf, value)
     else:

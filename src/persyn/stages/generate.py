@@ -11,6 +11,7 @@ from persyn.config import TeacherConfig
 from persyn.progress import progress
 from persyn.prompts import Prompt
 from persyn.run import Run, probe_rewards, rewards_for
+from persyn.scoring.reward import probe_scales
 from persyn.stages import budget
 from persyn.stages.score import score_prompts
 from persyn.stages.work import fail_if_all_failed, pending_requests, routed, stage_pairs
@@ -92,8 +93,7 @@ def select_candidates(run: Run) -> None:
     score_prompts(run, prompts, "select")
     m = rewards_for(run, prompts)
     probe = probe_rewards(run)
-    scales = budget.probe_scales(probe.quality if rw.alpha < 1 else None, probe.learnability if rw.alpha > 0 else None,
-                                 rw.normalization)
+    scales = probe_scales(probe.quality, probe.learnability, rw.alpha, rw.normalization)
     cands = [[j for j in map(names.index, r.candidates) if m.present[i, j]] for i, (_, r) in enumerate(multi)]
     kept = budget.keep_best(cands, m.quality, m.learnability, m.reward, rw.alpha, scales, m.empty)
     updates = {p.id: (names[k], r.candidates) for (p, r), k in zip(multi, kept, strict=True)

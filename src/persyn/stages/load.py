@@ -12,7 +12,7 @@ from persyn.stages.probe import probe_ids
 def read_prompts(run: Run) -> list[Prompt]:
     """The config's prompts, checked against the probe size; stores nothing."""
     cfg = run.cfg
-    need_ref = cfg.quality.kind in ("math_answer", "gym") and cfg.reward.alpha < 1
+    need_ref = cfg.quality.kind in ("math_answer", "gym") and cfg.reward.needs_quality
     prompts = load_prompts(cfg.prompts, require_reference=need_ref)
     k = cfg.probe.resolve(len(prompts))
     if k > len(prompts):

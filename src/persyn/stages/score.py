@@ -26,9 +26,9 @@ def score_prompts(run: Run, prompts: list[Prompt], label: str,
     keys, gens = prompt_generations(run, prompts)
     prompt_of = {k: p for p, row in zip(prompts, keys, strict=True) for k in row}
     ok = [k for row in keys for k in row if k in gens and gens[k].error is None]
-    if run.cfg.reward.alpha < 1 and "quality" in kinds:
+    if run.cfg.reward.needs_quality and "quality" in kinds:
         _score_quality(run, ok, gens, prompt_of, label)
-    if run.cfg.reward.alpha > 0 and "learnability" in kinds:
+    if run.cfg.reward.needs_learnability and "learnability" in kinds:
         _score_learnability(run, ok, gens, prompt_of, label)
 
 
