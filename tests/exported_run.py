@@ -17,7 +17,7 @@ def make_run(root: Path, n: int = 30, probe: int = 15) -> tuple[Path, dict]:
     from test_pipeline import recorded_config, recorded_pool
 
     recorded_pool(root, n=n)
-    cfg = recorded_config(root, probe={"size": probe, "seed": 0}, router={"epochs": 30, "seed": 0})
+    cfg = recorded_config(root, probe={"size": probe, "seed": 0}, router={"bt": {"epochs": 30}, "seed": 0})
     for t in cfg["teachers"]:
         if t["name"] in LICENSES:
             t["license"] = LICENSES[t["name"]]

@@ -58,7 +58,7 @@ def logged_config(tmp_path: Path, prompts: list[str], answer: Any, *, probe: int
         "quality": {"kind": "field"},
         "reward": {"alpha": 0.0},
         "probe": {"size": probe},
-        "router": {"backbone": str(backbone), "pooling": "last", "epochs": 5},
+        "router": {"backbone": str(backbone), "pooling": "last", "bt": {"epochs": 5}},
     }
 
 

@@ -21,7 +21,7 @@ def tiny_example(tmp_path, shared_data, tiny_lm_dir) -> Path:
     data["prompts"]["limit"] = 24
     data["probe"]["size"] = 12
     data["student"] = {"model": str(tiny_lm_dir), "max_length": 256}
-    data["router"] = {"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 10}
+    data["router"] = {"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 10}}
     data["train"] = {"max_steps": 2, "batch_size": 2, "max_length": 128}
     for bench in data["eval"]["benchmarks"]:
         bench.update(n=2, max_new_tokens=8)

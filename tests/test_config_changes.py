@@ -32,7 +32,7 @@ def base(tmp_path, tiny_lm_dir, tiny_lm_dir_b) -> dict:
         "quality": {"kind": "math_answer"},
         "reward": {"alpha": 0.4},
         "probe": {"size": K, "seed": 0},
-        "router": {"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 10},
+        "router": {"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 10}},
         "generation": {"max_new_tokens": 6, "batch_size": 4, "temperature": 1.0, "seed": 2},
     }
 

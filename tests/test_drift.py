@@ -48,7 +48,7 @@ def config(tmp_path: Path, teachers: list[dict], **over) -> dict:
         "quality": {"kind": "math_answer"},
         "reward": {"alpha": 0.0},
         "probe": {"size": K, "seed": 0},
-        "router": {"backbone": over.pop("backbone"), "pooling": "last", "epochs": 5},
+        "router": {"backbone": over.pop("backbone"), "pooling": "last", "bt": {"epochs": 5}},
         "generation": {"max_new_tokens": 6, "batch_size": 4, "temperature": 1.0, "seed": 3},
     }
     cfg.update(over)

@@ -39,7 +39,7 @@ def write_config(tmp_path: Path, name: str, teacher_a: Path, teacher_b: Path) ->
         "quality": {"kind": "math_answer"},
         "reward": {"alpha": 0.4},
         "probe": {"size": PROBE, "seed": 1},
-        "router": {"backbone": str(teacher_a), "pooling": "last", "epochs": 20, "seed": 0},
+        "router": {"backbone": str(teacher_a), "pooling": "last", "bt": {"epochs": 20}, "seed": 0},
         "generation": {"max_new_tokens": 8, "batch_size": 1, "temperature": 1.0, "seed": 5},
     }
     path = tmp_path / f"{name}.yaml"

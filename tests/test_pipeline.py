@@ -45,7 +45,7 @@ def recorded_config(tmp_path, **over):
         "quality": {"kind": "field"},
         "reward": {"alpha": 0.0},
         "probe": {"size": 45, "seed": 0},
-        "router": {"epochs": 100, "seed": 0},
+        "router": {"bt": {"epochs": 100}, "seed": 0},
     }
     cfg.update(over)
     return cfg
@@ -106,7 +106,7 @@ def test_live_tiny_teachers_with_learnability(tmp_path, tiny_lm_dir, tiny_lm_dir
         "student": {"model": str(tiny_lm_dir)},
         "quality": {"kind": "math_answer"},
         "probe": {"size": 6},
-        "router": {"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 20},
+        "router": {"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 20}},
         "generation": {"max_new_tokens": 8, "batch_size": 4, "temperature": 1.0, "seed": 3},
     })
     run = run_stages(cfg)
@@ -131,7 +131,7 @@ def test_recorded_alpaca_eval_teachers(tmp_path, shared_data):
         "quality": {"kind": "field"},
         "reward": {"alpha": 0.0},
         "probe": {"size": 30},
-        "router": {"epochs": 50},
+        "router": {"bt": {"epochs": 50}},
     })
     run = run_stages(cfg)
     assert run.generated == 30 * 8 + (80 - 30)

@@ -34,7 +34,7 @@ def tiny_config(tmp_path, run_name, teachers, student, **over):
         "student": {"model": str(student)},
         "quality": {"kind": "math_answer"},
         "probe": {"size": 6},
-        "router": {"backbone": str(student), "pooling": "last", "epochs": 20},
+        "router": {"backbone": str(student), "pooling": "last", "bt": {"epochs": 20}},
         "generation": {"max_new_tokens": 8, "batch_size": 4, "temperature": 0.0},
     }
     cfg.update(over)

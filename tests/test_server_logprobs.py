@@ -119,7 +119,7 @@ def test_pipeline_scores_on_the_students_server_as_it_does_locally(server, tiny_
             "prompts": {"path": str(tmp_path / "p.jsonl"), "field": "instruction"},
             "teachers": [{"name": n, "backend": "recorded", "model": str(tmp_path / f"{n}.jsonl")} for n in "ab"],
             "student": {"model": str(tiny_lm_dir), **student}, "reward": {"alpha": 1.0},
-            "probe": {"size": 4}, "router": {"backbone": str(tiny_lm_dir), "epochs": 5},
+            "probe": {"size": 4}, "router": {"backbone": str(tiny_lm_dir), "bt": {"epochs": 5}},
         })
         run_stages(cfg)
         rows = (tmp_path / run_dir / "scores.jsonl").read_text().splitlines()

@@ -47,7 +47,7 @@ def pool_config(tmp_path, tiny_lm_dir, **compare):
         "quality": {"kind": "field"},
         "reward": {"alpha": 0.4},
         "probe": {"size": 40},
-        "router": {"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 10},
+        "router": {"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 10}},
         "compare": compare,
     })
 

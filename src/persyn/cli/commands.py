@@ -4,15 +4,21 @@ config-docs."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from persyn.cli.app import ConfigArg, app, console, load_run_config, models_app
 
+if TYPE_CHECKING:
+    from persyn.config import RunConfig
 
-def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+
+def _print_summary(summary: dict[str, Any], cfg: RunConfig) -> None:
+    from persyn.router import report_from_dict
+
+    run_dir = cfg.path
     table = Table(title="Teachers")
     for col in ("teacher", "share", "rows", "generations", "tokens", "cost"):
         table.add_column(col, justify="left" if col == "teacher" else "right")
@@ -21,18 +27,12 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
                       str(summary["teacher_counts"].get(name, 0)), str(info["generations"]),
                       str(info["completion_tokens"]), f"{info['cost']:.4f}")
     console.print(table)
-    r = summary.get("router") or {}
-    if "cv_gain" in r:
-        console.print(f"router ({r['folds']}-fold cross-validation over the probe): gain {r['cv_gain']:+.4f} "
-                      f"(s.e. {r['cv_gain_se']:.4f}) in mean reward over the best single teacher "
-                      f"{r.get('best_single_teacher')}, out-of-fold Hit@1 {r['val_hit1']:.3f}")
-    elif r:
-        console.print(f"router (held-out probe): Hit@1 {r.get('val_hit1', float('nan')):.3f}, "
-                      f"mean reward {r.get('val_mean_reward', float('nan')):.4f} vs best single teacher "
-                      f"{r.get('best_single_teacher')} {r.get('val_best_single_mean_reward', float('nan')):.4f}")
-    if r.get("fallback_to_bias"):
-        reason = r.get("fallback_reason") or "the trained head did not beat it significantly on validation"
-        console.print(f"[yellow]router fell back to the best single teacher {r.get('best_single_teacher')}: {reason}")
+    report = report_from_dict(cfg.router.kind, summary["router"]) if summary.get("router") else None
+    if report is not None:
+        console.print(report.describe())
+        if report.fallback_to_bias:
+            reason = report.fallback_reason or "the trained head did not beat it significantly on validation"
+            console.print(f"[yellow]router fell back to the best single teacher {report.best_single_teacher}: {reason}")
     b = summary.get("budget") or {}
     if b.get("budget", 1) != 1 or b.get("accept_quality") is not None:
         console.print(f"generation budget {b['budget']:g}: {b['routed_generations']} generations for "
@@ -53,7 +53,7 @@ def run(config: ConfigArg) -> None:
 
     cfg = load_run_config(config)
     result = run_stages(cfg)
-    _print_summary(result.summary, cfg.path)
+    _print_summary(result.summary, cfg)
     if result.up_to_date and (cfg.path / "report.html").exists():
         console.print(f"report: {cfg.path / 'report.html'} (unchanged)")
     else:
@@ -73,7 +73,7 @@ def _stage_command(stage: str):
         cfg = load_run_config(config)
         result = run_stages(cfg, [stage])
         if stage == "export":
-            _print_summary(result.summary, cfg.path)
+            _print_summary(result.summary, cfg)
         else:
             failed = f", {result.failed} failed: run again to retry them" if result.failed else ""
             console.print(f"{stage}: done ({result.generated} new generations{failed})")
@@ -111,7 +111,7 @@ def export(
     if hub_repo:
         check_hub(hub_repo)
     result = run_stages(cfg, ["export"])
-    _print_summary(result.summary, cfg.path)
+    _print_summary(result.summary, cfg)
     if fmt is None:
         return
     out_dir, rows = write_export(cfg, fmt, out)

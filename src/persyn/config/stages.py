@@ -200,6 +200,29 @@ class ProbeConfig(Strict):
         return max(1, round(n_prompts * (self.fraction or 0.0)))
 
 
+class RidgeSettings(Strict):
+    """router.kind ridge: the reward regression's cross-validation."""
+
+    folds: int = Field(default=5, ge=2, description="Folds of the cross-validation over the probe.")
+    lambdas: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0], description=(
+        "Strengths tried by cross-validation (per feature of the standardised embedding)."))
+
+
+class BTSettings(Strict):
+    """router.kind bt: the Bradley-Terry coefficient head's training."""
+
+    epochs: int = Field(default=200, gt=0, description="Most training epochs of the head.")
+    lr: float = Field(default=1e-2, gt=0, description="Learning rate of the head.")
+    batch_size: int = Field(default=64, gt=0, description="Probe prompts per training batch.")
+    weight_decay: float = Field(default=1e-2, ge=0, description="AdamW weight decay of the head.")
+    val_fraction: float = Field(default=0.2, ge=0, lt=1, description=(
+        "Probe share held out to pick the epoch and check the head against every single teacher (0: no check)."))
+    patience: int = Field(default=20, gt=0, description="Epochs without validation improvement before training stops.")
+
+
+KIND_SETTINGS = {"ridge": RidgeSettings, "bt": BTSettings}
+
+
 class RouterConfig(Strict):
     kind: str = Field(default="ridge", description=(
         "The router. ridge (default): each teacher's probe mean plus a ridge-regressed, prompt-dependent residual, "
@@ -214,16 +237,6 @@ class RouterConfig(Strict):
         "Hidden layers averaged into the embedding (-1: the last)."))
     max_length: int = Field(default=256, gt=0, description="Prompt tokens embedded.")
     embed_batch_size: int = Field(default=32, gt=0, description="Prompts per embedding batch.")
-    epochs: int = Field(default=200, gt=0, description="Most training epochs of the head.")
-    lr: float = Field(default=1e-2, gt=0, description="Learning rate of the head.")
-    batch_size: int = Field(default=64, gt=0, description="Probe prompts per training batch.")
-    weight_decay: float = Field(default=1e-2, ge=0, description="AdamW weight decay of the head.")
-    val_fraction: float = Field(default=0.2, ge=0, lt=1, description=(
-        "Probe share held out to pick the epoch and check the head against every single teacher (0: no check)."))
-    patience: int = Field(default=20, gt=0, description="Epochs without validation improvement before training stops.")
-    folds: int = Field(default=5, ge=2, description="ridge: folds of the cross-validation over the probe.")
-    lambdas: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0], description=(
-        "ridge: strengths tried by cross-validation (per feature of the standardised embedding)."))
     min_gain_z: float | None = Field(default=None, ge=0, description=(
         "The trained router is kept only if its held-out gain over the best single teacher exceeds this many "
         "standard errors; otherwise routing falls back to that teacher. None: the kind's default (bt: 1.64 on its "
@@ -231,14 +244,24 @@ class RouterConfig(Strict):
         "the ridge strength being picked on the same folds)."))
     seed: int = Field(default=0, description="Seed of the validation split and the head's training.")
     trust_remote_code: bool = Field(default=False, description="Allow the backbone's own Python code.")
+    ridge: RidgeSettings = Field(default_factory=RidgeSettings, description="Settings of the ridge router.")
+    bt: BTSettings = Field(default_factory=BTSettings, description="Settings of the bt router.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        """Settings of one kind live in its own section: name the new key for a flat one."""
+        if isinstance(data, dict):
+            for kind, section in KIND_SETTINGS.items():
+                if moved := [k for k in section.model_fields if k in data]:
+                    raise ValueError(f"router.{moved[0]} is now router.{kind}.{moved[0]} (settings of one router "
+                                     "kind live in its own section)")
+        return data
 
     def head_kwargs(self) -> dict[str, Any]:
         """The router's training hyperparameters, as make_router takes them for this kind."""
-        if self.kind == "bt":
-            out = self.model_dump(include={"epochs", "lr", "batch_size", "weight_decay", "val_fraction", "patience",
-                                           "seed"})
-        else:
-            out = self.model_dump(include={"folds", "lambdas", "seed"})
+        section = getattr(self, self.kind, None) if self.kind in KIND_SETTINGS else None
+        out = {**(section.model_dump() if section is not None else {}), "seed": self.seed}
         if self.min_gain_z is not None:
             out["min_gain_z"] = self.min_gain_z
         return out

@@ -28,7 +28,7 @@ from persyn.stages import probe as probe_rules
 from persyn.stages.generate import generate_pairs
 from persyn.stages.load import load_stage
 from persyn.stages.score import score_prompts
-from persyn.stages.train_router import new_router, router_gain
+from persyn.stages.train_router import new_router
 
 
 def column_means(R: np.ndarray) -> np.ndarray:
@@ -105,7 +105,7 @@ def router_eval(cfg: RunConfig, *, backbones: list[str] | None = None, probe_siz
                 report = router.fit(X_pool[:k], R_pool[:k])
                 metrics = routing_metrics(router.scores(X_held), R_held, R_pool[:k], names)
                 results.append({"backbone": backbone, "probe_size": k, **metrics,
-                                "fallback_to_bias": getattr(report, "fallback_to_bias", None)})
+                                "fallback_to_bias": report.fallback_to_bias})
         evaluated = pool[:max(sizes)] + held
         matrices = rewards_for(run, evaluated)
         X = np.concatenate(_embed(cfg, backbones[0], pool[:max(sizes)], held))
@@ -173,7 +173,7 @@ def probe_rows(cfg: RunConfig, X: np.ndarray, R: np.ndarray, k: int, strategy: s
     size, gains = step, []
     while True:
         rows = draw(size, "adaptive")
-        gains.append(router_gain(new_router(cfg, kind=kind, seed=seed).fit(X[rows], R[rows])))
+        gains.append(new_router(cfg, kind=kind, seed=seed).fit(X[rows], R[rows]).gain)
         if (nxt := probe_rules.next_probe_size(gains, size, step, k)) is None:
             return rows
         size = nxt

@@ -41,7 +41,7 @@ def hub_license(cfg: RunConfig) -> str:
 def router_facts(cfg: RunConfig, summary: dict[str, Any]) -> dict[str, Any]:
     """Router kind, backbone and held-out metrics; `gain` is its mean reward over the best single teacher's."""
     r = summary.get("router") or {}
-    facts = {"kind": getattr(cfg.router, "kind", "bt"), "backbone": cfg.router.backbone, **r}
+    facts = {"kind": cfg.router.kind, "backbone": cfg.router.backbone, **r}
     if isinstance(r.get("val_mean_reward"), float) and isinstance(r.get("val_best_single_mean_reward"), float):
         facts["gain_over_best_single"] = r["val_mean_reward"] - r["val_best_single_mean_reward"]
     return facts
@@ -100,7 +100,7 @@ def card_text(cfg: RunConfig, summary: dict[str, Any], *, fmt: str, data_files: 
               f"- quality: {cfg.quality.kind}" + (f" (`{cfg.quality.model}`)" if cfg.quality.model else ""), "",
               "## Probe", "",
               f"- size: {summary['probe_size']} prompts, every teacher generated on each",
-              f"- strategy: {getattr(cfg.probe, 'strategy', 'random')} (seed {cfg.probe.seed})", "",
+              f"- strategy: {cfg.probe.strategy} (seed {cfg.probe.seed})", "",
               "## Router", "",
               f"- kind: {rf['kind']}, backbone: `{rf['backbone']}`"]
     if summary.get("router"):
@@ -111,7 +111,7 @@ def card_text(cfg: RunConfig, summary: dict[str, Any], *, fmt: str, data_files: 
                   f"gain {_n(rf.get('gain_over_best_single'))}; oracle {_n(rf.get('val_oracle_mean_reward'))}; "
                   f"random {_n(rf.get('val_random_mean_reward'))}",
                   "- fell back to the best single teacher: " + ("yes" if rf.get("fallback_to_bias") else "no")]
-    budget = getattr(g, "budget", None)
+    budget = g.budget
     lines += ["", "## Generation", "",
               f"- max_new_tokens {g.max_new_tokens}, temperature {g.temperature}, top_p {g.top_p}, seed {g.seed}"
               + (f", budget {budget}" if budget is not None else ""),

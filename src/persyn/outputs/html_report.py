@@ -138,7 +138,7 @@ def write_html_report(cfg: RunConfig, *, per_teacher: int = ROWS_PER_TEACHER) ->
         cfg=cfg, s=summary, teachers=teachers, rows=example_rows(dataset, per_teacher), per_teacher=per_teacher,
         plots=plots(teachers, summary, scores, frontier), frontier=frontier, router=router_facts(cfg, summary),
         cost=sum(v["cost"] for v in summary["per_teacher"].values()), version=__version__,
-        config_hash=config_hash(cfg), probe_strategy=getattr(cfg.probe, "strategy", "random"),
+        config_hash=config_hash(cfg), probe_strategy=cfg.probe.strategy,
     )
     path = run_dir / "report.html"
     tmp = path.with_suffix(".html.tmp")

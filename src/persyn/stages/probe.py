@@ -20,7 +20,7 @@ from persyn.prompts import Prompt
 from persyn.run import Run, probe_rewards
 from persyn.stages.generate import generate_pairs
 from persyn.stages.score import score_stage
-from persyn.stages.train_router import fit_router, router_gain
+from persyn.stages.train_router import fit_router
 from persyn.stages.work import stage_pairs
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def _grow_probe(run: Run) -> None:
         score_stage(run)
         probe = probe_rewards(run)
         _, report = fit_router(run, probe.prompts, probe.reward)
-        gain = router_gain(report)
+        gain = report.gain
         rounds = [r for r in rounds if r["size"] < size] + [{"size": size, "cv_gain": gain}]
         run.store.set_meta("probe_rounds", rounds)
         new_size = next_probe_size([r["cv_gain"] for r in rounds], size, step, cap)
