@@ -24,6 +24,7 @@ from typing import Any
 from persyn.backends.base import GenParams, generation_key, make_backend
 from persyn.config import RunConfig, TeacherConfig
 from persyn.prompts import Prompt
+from persyn.store import Meta
 
 
 def digest(obj: Any, n: int = 16) -> str:
@@ -145,7 +146,7 @@ def draw_probe(ids: Iterable[str], size: int, seed: int, keep: Iterable[str] = (
 def current_probe(store: Any, cfg: RunConfig, ids: list[str]) -> list[str]:
     """This config's probe over these prompt ids (a Store gives the last run's probe, kept when drawn with the
     same seed)."""
-    same_seed = store.get_meta("probe_seed", cfg.probe.seed) == cfg.probe.seed
+    same_seed = store.get_meta(Meta.PROBE_SEED, cfg.probe.seed) == cfg.probe.seed
     keep = store.probe_ids() if same_seed else ()
     return draw_probe(ids, min(cfg.probe.resolve(len(ids)), len(ids)), cfg.probe.seed, keep=keep)
 

@@ -11,6 +11,7 @@ import yaml
 
 from persyn.config import RunConfig
 from persyn.errors import ConfigError
+from persyn.files import write_atomic
 from persyn.keys import describe_changes
 from persyn.prompts import Prompt
 from persyn.run import Run, opened_run
@@ -21,6 +22,7 @@ from persyn.stages.probe import probe_stage
 from persyn.stages.route import route_stage
 from persyn.stages.score import score_stage
 from persyn.stages.train_router import train_router_stage
+from persyn.store import Meta
 
 STAGES = ("probe", "score", "train-router", "route", "generate", "export")
 
@@ -85,7 +87,7 @@ def announce_changes(run: Run, prompts: list[Prompt]) -> None:
     from persyn.status import pending_work, redo_phrase
 
     snapshot = run.keys.snapshot()
-    previous = run.store.get_meta("identity")
+    previous = run.store.get_meta(Meta.IDENTITY)
     work = redo_phrase(pending_work(run.cfg, run.store, run.keys, prompts, run.store.probe_ids()))
     if previous is None:  # a new run_dir, or one from a persyn that did not record its inputs
         run.changes = f"{'no record of the last run' if run.resumed else 'first run'} -> to do: {work}"
@@ -94,20 +96,18 @@ def announce_changes(run: Run, prompts: list[Prompt]) -> None:
     else:
         run.changes = f"nothing changed since last run -> to do: {work}"
     console.print(run.changes, highlight=False, markup=False, soft_wrap=True)
-    run.store.set_meta("identity", snapshot)
+    run.store.set_meta(Meta.IDENTITY, snapshot)
     resolved = yaml.safe_dump(run.cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    tmp = run.run_dir / "config.resolved.yaml.tmp"
-    tmp.write_text(resolved, encoding="utf-8")
-    tmp.replace(run.run_dir / "config.resolved.yaml")
+    write_atomic(run.run_dir / "config.resolved.yaml", resolved)
 
 
 def record_stage_seconds(run: Run, stage: str, seconds: float) -> None:
     """This invocation's time for a stage, merged into the run's record (meta `stage_seconds`): a stage run alone
     updates its own entry and keeps the others'."""
     run.stage_seconds[stage] = seconds
-    stored = run.store.get_meta("stage_seconds", {})
+    stored = run.store.get_meta(Meta.STAGE_SECONDS, {})
     stored[stage] = round(seconds, 3)
-    run.store.set_meta("stage_seconds", stored)
+    run.store.set_meta(Meta.STAGE_SECONDS, stored)
 
 
 def run_stages(cfg: RunConfig, stages: tuple[str, ...] | list[str] = STAGES) -> Run:

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from persyn.config import RunConfig, TeacherConfig
 from persyn.keys import Keys, current_probe
 from persyn.prompts import Prompt, load_prompts
-from persyn.store import Route, Store
+from persyn.store import Meta, Route, Store
 
 Pair = tuple[Prompt, TeacherConfig]
 
@@ -64,7 +64,7 @@ def pending_work(cfg: RunConfig, store: Store, keys: Keys, prompts: list[Prompt]
         s = store.scores("learnability", keys.learnability_scorer, sorted(done))
         out.learnability = Counts(len(s), len(probe_keys - set(s)))
     routing = store.routing()
-    fp = store.get_meta("router_fp")
+    fp = store.get_meta(Meta.ROUTER_FP)
     routed = sum(1 for p in prompts if p.id in routing and routing[p.id].router == keys.route(fp, p))
     out.routed = Counts(routed, len(prompts) - routed)
     needed = {keys.generation(t, p): t.name for p, t in routed_pairs(prompts, routing, cfg.teachers)}

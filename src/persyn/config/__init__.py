@@ -9,7 +9,7 @@ from persyn.config.experiments import (
     CompareConfig,
     EvalSection,
     RouterEvalConfig,
-    TrainSection,
+    TrainSettings,
 )
 from persyn.config.run_config import RunConfig, load_config, parse_config
 from persyn.config.stages import (
@@ -28,5 +28,5 @@ from persyn.config.stages import (
 __all__ = [
     "STRATEGY_NAMES", "BenchmarkSpec", "CompareConfig", "Dtype", "EvalSection", "GenerationConfig", "ProbeConfig",
     "PromptsConfig", "QualityConfig", "RewardConfig", "RouterConfig", "RouterEvalConfig", "RunConfig", "Strict",
-    "StudentConfig", "TeacherConfig", "TrainSection", "load_config", "parse_config",
+    "StudentConfig", "TeacherConfig", "TrainSettings", "load_config", "parse_config",
 ]

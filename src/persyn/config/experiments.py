@@ -68,8 +68,9 @@ class CompareConfig(Strict):
         return seeds
 
 
-class TrainSection(Strict):
-    """Student fine-tuning settings shared by every strategy (persyn.experiments.train.TrainConfig: GPU advice)."""
+class TrainSettings(Strict):
+    """Student fine-tuning settings shared by every strategy; `persyn train` and compare's runs extend them
+    (persyn.experiments.train.TrainConfig, which also gives GPU advice)."""
 
     model: str | None = Field(default=None, description="The model to fine-tune; None: the student's model.")
     epochs: float = Field(default=1, gt=0, description="Training epochs over the dataset.")
@@ -78,8 +79,10 @@ class TrainSection(Strict):
     learning_rate: float = Field(default=5e-5, gt=0, description="Peak learning rate.")
     batch_size: int = Field(default=4, gt=0, description="Rows per device step.")
     grad_accum: int = Field(default=1, gt=0, description="Gradient accumulation steps.")
-    max_length: int = Field(default=256, gt=8, description=(
-        "Prompt + response tokens; longer rows are truncated at the end."))
+    max_length: int | None = Field(default=None, gt=8, description=(
+        "Prompt + response tokens; longer rows are truncated at the end. None: student.max_length, the tokens "
+        "learnability scored, so the reward judges what training sees; a different value trains on another "
+        "length than was scored (compare warns)."))
     lora: bool = Field(default=False, description=(
         "Train a LoRA adapter (merged into a plain checkpoint) instead of every weight."))
     lora_r: int = Field(default=16, gt=0, description="LoRA rank.")

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from persyn.config.experiments import CompareConfig, EvalSection, TrainSection
+from persyn.config.experiments import CompareConfig, EvalSection, TrainSettings
 from persyn.config.stages import (
     GenerationConfig,
     ProbeConfig,
@@ -45,7 +45,7 @@ class RunConfig(Strict):
                     "more releases the least recently used.")
     ray: dict[str, Any] = Field(default_factory=dict, description="Ray executor settings (see docs/ray.md).")
     compare: CompareConfig = Field(default_factory=CompareConfig, description="`persyn compare` settings.")
-    train: TrainSection = Field(default_factory=TrainSection, description=(
+    train: TrainSettings = Field(default_factory=TrainSettings, description=(
         "Student fine-tuning settings shared by every strategy."))
     eval: EvalSection = Field(default_factory=EvalSection, description=(
         "Benchmarks for `persyn compare` and `persyn eval`."))

@@ -18,6 +18,7 @@ from persyn.config import RunConfig
 from persyn.errors import ConfigError
 from persyn.experiments.selection import select_and_build
 from persyn.experiments.strategies import make_strategy
+from persyn.files import write_atomic
 from persyn.models import resolve
 from persyn.pipeline import STAGES, run_stages
 from persyn.run import opened_run
@@ -45,6 +46,10 @@ def train_config(cfg: RunConfig, output_dir: Path, seed: int):
     if model is None:
         raise ConfigError("compare needs a model to train: train.model or student.model", key="train.model")
     settings = t.model_dump(exclude={"model"})
+    if settings["max_length"] is None and cfg.student is not None:
+        settings["max_length"] = cfg.student.max_length  # exactly the tokens learnability scored
+    elif settings["max_length"] is None:
+        del settings["max_length"]  # TrainConfig's default
     if settings["chat_template"] is None and cfg.student is not None:
         settings["chat_template"] = cfg.student.chat_template or ("few-shot" if cfg.student.few_shot else None)
     return TrainConfig(model=model, output_dir=str(output_dir), seed=seed,
@@ -69,7 +74,7 @@ def evaluate_cached(model_dir: Path, benchmarks: list[dict[str, Any]], eval_dir:
                 continue
         out = evaluate(str(model_dir), [{**spec, "label": label}], output_dir=eval_dir)
         results[label] = out["results"][label]
-        done.write_text(json.dumps({"fingerprint": fp, "result": results[label]}, indent=2), encoding="utf-8")
+        write_atomic(done, json.dumps({"fingerprint": fp, "result": results[label]}, indent=2))
     return results
 
 
@@ -105,6 +110,9 @@ def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: b
                                "rewards": dist, "base": None}
     results["benchmarks"] = [b.label or b.name for b in cfg.eval.benchmarks]
     do_train = cfg.compare.train if train is None else train
+    if do_train and cfg.student is not None and cfg.train.max_length not in (None, cfg.student.max_length):
+        log.warning("train.max_length %d is not student.max_length %d: learnability scored other tokens than "
+                    "training sees", cfg.train.max_length, cfg.student.max_length)
     seeds_for = cfg.compare.seeds_for
     for name in names:
         results["strategies"][name] = {**summaries[name], "runs": []}
@@ -128,6 +136,4 @@ def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: b
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

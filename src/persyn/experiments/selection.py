@@ -12,11 +12,13 @@ from typing import Any
 
 from persyn.config import TeacherConfig
 from persyn.experiments.strategies import Selection, SelectionInputs, Strategy, make_strategy, selected_rewards
+from persyn.files import write_jsonl
 from persyn.outputs.export import dataset_row
 from persyn.prompts import Prompt
 from persyn.run import Run, probe_rewards, rewards_for
 from persyn.stages.generate import generate_pairs
 from persyn.stages.score import score_prompts
+from persyn.store import Meta
 
 Pair = tuple[Prompt, TeacherConfig]
 
@@ -34,7 +36,7 @@ def prepare_inputs(run: Run, prompts: list[Prompt], strategies: list[Strategy]) 
     routing = run.store.routing()
     return replace(inputs, probe=probe_rewards(run), everything=everything,
                    routes=[routing[p.id].teacher if p.id in routing else None for p in prompts],
-                   router_report=run.store.get_meta("router_report"))
+                   router_report=run.store.get_meta(Meta.ROUTER_REPORT))
 
 
 def chosen_pairs(run: Run, prompts: list[Prompt], selection: Selection) -> list[Pair]:
@@ -79,9 +81,7 @@ def write_dataset(run: Run, prompts: list[Prompt], selection: Selection,
         source = ("probe" if p.id in probe_ids else "routed") if selection.strategy == "persyn" else selection.strategy
         rows.append(dataset_row(p, g.text, t.name, source))
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "dataset.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(out_dir / "dataset.jsonl")
+    write_jsonl(out_dir / "dataset.jsonl", rows)
     return rows, missing
 
 

@@ -19,10 +19,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from persyn.chat import format_prompt, format_response, uses_few_shot
+from persyn.config import TrainSettings
 from persyn.errors import ConfigError, InputError
+from persyn.files import sha256_file, write_atomic
 from persyn.models import resolve, resolve_device, training_precision
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,8 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "train_result.json"
 
 
-class TrainConfig(BaseModel):
-    """How to fine-tune a student.
+class TrainConfig(TrainSettings):
+    """How to fine-tune a student: the config's `train` settings plus what one training run needs.
 
     Defaults suit tiny CPU runs: fp32, no dataloader workers, no experiment trackers. On a GPU (e.g. one H100)
     for SmolLM2-135M/360M full fine-tuning, typical settings are `bf16=None` (auto: bf16 mixed precision when
@@ -47,27 +49,14 @@ class TrainConfig(BaseModel):
     A 2-core CPU takes ~95 s per 4-row step: CPU runs are for tests and smoke checks only.
     """
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str  # a spec for persyn.models.resolve: registry name, HF id or local dir
-    output_dir: str
-    epochs: float = Field(default=1, gt=0)
-    max_steps: int | None = Field(default=None, gt=0)  # None: train for `epochs`
-    learning_rate: float = Field(default=5e-5, gt=0)
-    batch_size: int = Field(default=4, gt=0)  # per device
-    grad_accum: int = Field(default=1, gt=0)
-    max_length: int = Field(default=256, gt=8)  # prompt + response tokens; longer rows are truncated at the end
+    model: str = Field(description="A spec for persyn.models.resolve: registry name, HF id or local dir.")
+    max_length: int = Field(default=256, gt=8, description=(  # a standalone `persyn train` has no student to ask
+        "Prompt + response tokens; longer rows are truncated at the end."))
+    output_dir: str = Field(description="Where the checkpoint and train_result.json go.")
     seed: int = 0
-    lora: bool = False
-    lora_r: int = Field(default=16, gt=0)
-    lora_alpha: int = Field(default=32, gt=0)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     lora_target: str | list[str] = "all-linear"
-    bf16: bool | None = None  # None: bf16 mixed precision when CUDA supports it, else fp32
-    gradient_checkpointing: bool = False
     logging_steps: int = Field(default=1, gt=0)
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
-    chat_template: str | None = None  # Jinja override (text or a .jinja file); "few-shot" for base models
     trust_remote_code: bool = False
 
     def fingerprint(self) -> str:
@@ -206,14 +195,6 @@ def _checkpointing_field(config_cls: type) -> str:
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _finished(out: Path, config_hash: str, dataset_hash: str) -> TrainResult | None:
     try:
         data = json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
@@ -234,7 +215,7 @@ def train_student(cfg: TrainConfig, dataset_path: Path) -> TrainResult:
     out = Path(cfg.output_dir)
     if not dataset_path.is_file():
         raise InputError("dataset file not found", file=str(dataset_path))
-    config_hash, dataset_hash = cfg.fingerprint(), file_sha256(dataset_path)
+    config_hash, dataset_hash = cfg.fingerprint(), sha256_file(dataset_path)
     if (done := _finished(out, config_hash, dataset_hash)) is not None:
         log.info("reusing finished training in %s", out)
         return done
@@ -257,5 +238,5 @@ def train_student(cfg: TrainConfig, dataset_path: Path) -> TrainResult:
               "dataset": str(dataset_path), "config": cfg.model_dump(),
               "log_history": trainer.state.log_history}
     # Written last: its presence marks a finished run.
-    (out / RESULT_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    write_atomic(out / RESULT_FILE, json.dumps(record, indent=2))
     return result

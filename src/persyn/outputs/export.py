@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from persyn.files import write_atomic, write_jsonl
 from persyn.prompts import Prompt
 from persyn.run import Run, probe_rewards
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)  # readers never see a half-written file
+from persyn.store import Meta
 
 
 def dataset_row(prompt: Prompt, response: str | None, teacher: str, source: str, **extra: Any) -> dict[str, Any]:
@@ -56,8 +49,8 @@ def export_run(run: Run) -> dict[str, Any]:
         dataset.append(dataset_row(p, g.text, teacher, "probe" if is_probe else "routed",
                                    **{kind: values.get(keys[p.id]) for kind, values in known.items()}))
     out = cfg.path
-    _write_jsonl(out / "dataset.jsonl", dataset)
-    _write_jsonl(out / "routing.jsonl", routing_rows)
+    write_jsonl(out / "dataset.jsonl", dataset)
+    write_jsonl(out / "routing.jsonl", routing_rows)
 
     probe = probe_rewards(run)
     names = list(teachers)
@@ -66,7 +59,7 @@ def export_run(run: Run) -> dict[str, Any]:
          "learnability": _nan_to_none(probe.learnability[i, j]), "reward": _nan_to_none(probe.reward[i, j])}
         for i, p in enumerate(probe.prompts) for j in range(len(names))
     ]
-    _write_jsonl(out / "scores.jsonl", score_rows)
+    write_jsonl(out / "scores.jsonl", score_rows)
 
     routed = sum(len(r.candidates) for r in routing.values() if not r.probe)
     summary = build_summary(run, prompts, probe.prompts, dataset, missing, routed)
@@ -75,14 +68,12 @@ def export_run(run: Run) -> dict[str, Any]:
 
 
 def _write_summary(out: Path, summary: dict[str, Any]) -> None:
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out / "summary.json")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def stage_seconds(run: Run) -> dict[str, float]:
     """Every stage's latest time: the run's record, with this invocation's own times on top."""
-    merged = dict(run.store.get_meta("stage_seconds", {}))
+    merged = dict(run.store.get_meta(Meta.STAGE_SECONDS, {}))
     merged.update({s: round(v, 3) for s, v in run.stage_seconds.items()})
     return merged
 
@@ -145,7 +136,7 @@ def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], mis
         "dataset_missing": missing,
         "teacher_shares": {name: round(shares.get(name, 0) / max(1, len(dataset)), 4) for name in per_teacher},
         "teacher_counts": {name: shares.get(name, 0) for name in per_teacher},
-        "router": store.get_meta("router_report"),
+        "router": store.get_meta(Meta.ROUTER_REPORT),
         "responses_truncated_for_scoring": truncated,  # by every invocation, for the current student
         "responses_truncated_this_invocation": run.truncated,
         "alpha": cfg.reward.alpha,

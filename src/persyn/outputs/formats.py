@@ -7,12 +7,12 @@ null where the row was not scored) as extra columns, which TRL, LLaMA-Factory an
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from persyn.config import RunConfig
 from persyn.errors import PersynError
+from persyn.files import atomic_path, write_jsonl
 from persyn.prompts import jsonl_rows_at
 
 FORMATS = ("messages", "prompt-completion", "sharegpt", "alpaca", "hf")
@@ -82,9 +82,7 @@ def write_export(cfg: RunConfig, fmt: str, out: Path | None = None) -> tuple[Pat
     if fmt == "hf":
         files = _write_hf(rows, out)
     else:
-        from persyn.outputs.export import _write_jsonl
-
-        _write_jsonl(out / "train.jsonl", rows)
+        write_jsonl(out / "train.jsonl", rows)
         files = data_files(fmt)
     write_card(cfg, out / "README.md", fmt=fmt, data_files=files)
     return out, rows
@@ -107,9 +105,8 @@ def _write_hf(rows: list[dict[str, Any]], out: Path) -> list[str]:
             if old.relative_to(out).as_posix() not in files:
                 old.unlink()  # shards of an earlier, larger export
         for i, name in enumerate(files):
-            tmp = out / (name + ".tmp")
-            ds.shard(n, i, contiguous=True).to_parquet(str(tmp))
-            os.replace(tmp, out / name)
+            with atomic_path(out / name) as tmp:
+                ds.shard(n, i, contiguous=True).to_parquet(str(tmp))
     finally:
         if bars:
             datasets.enable_progress_bars()

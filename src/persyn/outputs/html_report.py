@@ -18,6 +18,7 @@ import jinja2
 from persyn import __version__
 from persyn.config import RunConfig
 from persyn.errors import InputError
+from persyn.files import write_atomic
 from persyn.outputs.card import config_hash, read_summary, router_facts
 
 ROWS_PER_TEACHER = 50  # example rows shown per teacher
@@ -141,9 +142,7 @@ def write_html_report(cfg: RunConfig, *, per_teacher: int = ROWS_PER_TEACHER) ->
         config_hash=config_hash(cfg), probe_strategy=cfg.probe.strategy,
     )
     path = run_dir / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, html)
     return path
 
 

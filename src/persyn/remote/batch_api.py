@@ -11,12 +11,12 @@ interchangeable results. Store-agnostic: keys in, GenResults out.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from persyn.backends.base import GenRequest, GenResult
 from persyn.errors import ConfigError, InputError
+from persyn.files import write_atomic
 from persyn.remote.openai_backend import request_body, result_from_body, uses_completions
 
 MAX_BATCH_REQUESTS = 50_000  # the Batch API's per-file limit
@@ -41,9 +41,7 @@ def export_batch(requests: list[GenRequest], teacher: Any, path: str | Path) -> 
                          "export the requests in parts", file=str(path))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, out)
+    write_atomic(out, "".join(f"{line}\n" for line in lines))
     return len(lines)
 
 

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from persyn.errors import InputError
+from persyn.files import write_atomic
 from persyn.plugins import Registry
 
 
@@ -81,7 +82,7 @@ def write_router(directory: str | Path, arrays: dict[str, np.ndarray], meta: dic
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()},
               str(directory / WEIGHTS_FILE))
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
+    write_atomic(directory / META_FILE, json.dumps(meta, indent=2, allow_nan=False) + "\n")
 
 
 def read_router(directory: str | Path, names: tuple[str, ...], label: str) -> tuple[dict[str, Any], list[np.ndarray]]:

@@ -7,6 +7,7 @@ from persyn.keys import describe_prompt_changes
 from persyn.prompts import Prompt, load_prompts
 from persyn.run import Run
 from persyn.stages.probe import probe_ids
+from persyn.store import Meta
 
 
 def read_prompts(run: Run) -> list[Prompt]:
@@ -28,9 +29,9 @@ def load_stage(run: Run, prompts: list[Prompt] | None = None) -> list[Prompt]:
     old = {p.id: p.text for p in run.store.prompts()}
     run.store.set_prompts(prompts)
     if cfg.probe.strategy == "adaptive":
-        k = max(k, run.store.get_meta("adaptive_probe_size", k))
+        k = max(k, run.store.get_meta(Meta.ADAPTIVE_PROBE_SIZE, k))
     run.store.set_probe(sorted(probe_ids(run, prompts, k)))
-    run.store.set_meta("probe_seed", cfg.probe.seed)
+    run.store.set_meta(Meta.PROBE_SEED, cfg.probe.seed)
     run.resumed = bool(old)
     if old:
         run.prompt_changes = describe_prompt_changes(old, {p.id: p.text for p in prompts})

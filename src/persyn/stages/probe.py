@@ -22,6 +22,7 @@ from persyn.stages.generate import generate_pairs
 from persyn.stages.score import score_stage
 from persyn.stages.train_router import fit_router
 from persyn.stages.work import stage_pairs
+from persyn.store import Meta
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def next_probe_size(gains: list[float], size: int, step: int, cap: int) -> int |
 def probe_ids(run: Run, prompts: list[Prompt], size: int) -> list[str]:
     """The config's probe of `size` over these prompts; the last run's probe is kept when drawn with this seed."""
     p = run.cfg.probe
-    same_seed = run.store.get_meta("probe_seed", p.seed) == p.seed
+    same_seed = run.store.get_meta(Meta.PROBE_SEED, p.seed) == p.seed
     return choose_probe([q.id for q in prompts], [q.text for q in prompts], p.strategy, p.seed, size,
                         keep=run.store.probe_ids() if same_seed else (), embed=lambda texts: run.embed(texts))
 
@@ -82,7 +83,7 @@ def _grow_probe(run: Run) -> None:
     prompts = run.store.prompts()
     step = cfg.probe.resolve(len(prompts))
     cap = min(len(prompts), cfg.probe.max_size or 4 * step)
-    rounds: list[dict] = run.store.get_meta("probe_rounds", [])
+    rounds: list[dict] = run.store.get_meta(Meta.PROBE_ROUNDS, [])
     while True:
         size = len(run.store.probe_ids())
         score_stage(run)
@@ -90,11 +91,11 @@ def _grow_probe(run: Run) -> None:
         _, report = fit_router(run, probe.prompts, probe.reward)
         gain = report.gain
         rounds = [r for r in rounds if r["size"] < size] + [{"size": size, "cv_gain": gain}]
-        run.store.set_meta("probe_rounds", rounds)
+        run.store.set_meta(Meta.PROBE_ROUNDS, rounds)
         new_size = next_probe_size([r["cv_gain"] for r in rounds], size, step, cap)
         if new_size is None:
             log.info("adaptive probe: %d prompts (%s)", size, "max_size" if size >= cap else "gain stopped improving")
             return
-        run.store.set_meta("adaptive_probe_size", new_size)
+        run.store.set_meta(Meta.ADAPTIVE_PROBE_SIZE, new_size)
         run.store.set_probe(sorted(probe_ids(run, prompts, new_size)))
         generate_pairs(run, stage_pairs(run, "probe"), f"probe ({new_size})")

@@ -7,7 +7,7 @@ import numpy as np
 from persyn.run import Run, probe_rewards
 from persyn.stages import budget
 from persyn.stages.train_router import router_dir
-from persyn.store import Route
+from persyn.store import Meta, Route
 
 
 def load_router(run: Run):
@@ -19,14 +19,14 @@ def load_router(run: Run):
 def route_stage(run: Run) -> None:
     """Route every prompt: a probe prompt keeps its best-reward teacher; every other prompt gets the router's top
     choice, plus the extra candidates the generation budget pays for (persyn.stages.budget)."""
-    fp = run.store.get_meta("router_fp")
+    fp = run.store.get_meta(Meta.ROUTER_FP)
     g = run.cfg.generation
     plan = {"budget": g.budget, "accept_quality": g.accept_quality}
     prompts = run.store.prompts()
     routing = run.store.routing()
     route_keys = {p.id: run.keys.route(fp, p) for p in prompts}
     if (set(routing) == set(route_keys) and all(routing[i].router == k for i, k in route_keys.items())
-            and run.store.get_meta("route_plan") == plan):
+            and run.store.get_meta(Meta.ROUTE_PLAN) == plan):
         return
     probe_matrices = probe_rewards(run)
     probe, rewards = probe_matrices.prompts, probe_matrices.reward
@@ -47,7 +47,7 @@ def route_stage(run: Run) -> None:
             best, answered = best_probe[p.id]
             rows.append((p.id, Route(names[best], scores, True, route_keys[p.id], [names[j] for j in answered])))
     run.store.set_routing(rows)
-    run.store.set_meta("route_plan", plan)
+    run.store.set_meta(Meta.ROUTE_PLAN, plan)
     if run.cfg.router.backbone == "student":
         run.executor.release()
 

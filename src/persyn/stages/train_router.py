@@ -11,6 +11,7 @@ import numpy as np
 from persyn.config import RunConfig
 from persyn.prompts import Prompt
 from persyn.run import Run, probe_rewards
+from persyn.store import Meta
 
 if TYPE_CHECKING:
     from persyn.router import Router, RouterReport
@@ -40,12 +41,12 @@ def fit_router(run: Run, probe: list[Prompt], rewards: np.ndarray) -> tuple[Rout
 def train_router_stage(run: Run) -> None:
     probe = probe_rewards(run)
     fp = run.keys.router(probe.prompts, np.ascontiguousarray(probe.reward).tobytes())
-    if run.store.get_meta("router_fp") == fp and (router_dir(run) / "router.json").exists():
+    if run.store.get_meta(Meta.ROUTER_FP) == fp and (router_dir(run) / "router.json").exists():
         return
     router, report = fit_router(run, probe.prompts, probe.reward)
     router.save(router_dir(run))
-    run.store.set_meta("router_report", report.as_dict())
-    run.store.set_meta("router_fp", fp)
+    run.store.set_meta(Meta.ROUTER_REPORT, report.as_dict())
+    run.store.set_meta(Meta.ROUTER_FP, fp)
     if report.fallback_to_bias:
         reason = report.fallback_reason or "the trained head did not beat it on validation"
         log.warning("router falls back to the best single teacher %s: %s", report.best_single_teacher, reason)
