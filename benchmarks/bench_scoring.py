@@ -19,7 +19,7 @@ import torch
 from common import alpaca_eval_pairs, forward_flops, gemm_peak, gsm8k_pairs
 
 from persyn.models import load_causal_lm
-from persyn.scoring.learnability import Encoded, _Encoder, learnability_scores, naive_learnability
+from persyn.scoring.learnability import Encoded, Encoder, learnability_scores, naive_learnability
 
 
 def plain_loop(model, tok, enc: list[Encoded], batch: int = 8) -> list[float]:
@@ -55,7 +55,7 @@ def best_of(fn, repeat: int) -> tuple[float, float, list[float]]:
 
 
 def bench(name: str, model, tok, prompts: list[str], responses: list[str], args, peak: float) -> None:
-    enc_all = _Encoder(tok, None, None, args.max_length)(prompts, responses)
+    enc_all = Encoder(tok, None, None, args.max_length)(prompts, responses)
     keep = [i for i, e in enumerate(enc_all) if e is not None]
     prompts, responses = [prompts[i] for i in keep], [responses[i] for i in keep]
     enc = [enc_all[i] for i in keep]

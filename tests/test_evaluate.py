@@ -128,7 +128,6 @@ def test_each_benchmark_declares_exactly_its_functions_arguments():
     """evaluate checks specs against the declarations, never the signatures: the two must agree."""
     import inspect
 
-    from persyn import evaluate as legacy
     from persyn.experiments.eval import BENCHMARKS
 
     assert set(BENCHMARKS) == {"gsm8k", "ifeval", "lm_eval"}
@@ -141,4 +140,3 @@ def test_each_benchmark_declares_exactly_its_functions_arguments():
         assert set(benchmark.optional) == optional, name
         var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         assert benchmark.passes_others_on == var_kw, name
-    assert legacy.evaluate is evaluate and legacy.eval_gsm8k is eval_gsm8k  # persyn.evaluate still works

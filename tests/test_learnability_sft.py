@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from persyn.scoring.learnability import MIN_RESPONSE_TOKENS, _Encoder, learnability_scores
+from persyn.scoring.learnability import MIN_RESPONSE_TOKENS, Encoder, learnability_scores
 
 PROMPTS = ["What is 2 + 2?", "Name a colour.", "Write one sentence about the sea.",
            "Natalia sold clips to 48 of her friends in April. How many clips did she sell?"]
@@ -52,7 +52,7 @@ def test_the_scored_tokens_are_trls_input_ids_and_labels(sft):
 
     name, rows, _, _ = sft
     tok = load_tokenizer(name)  # the tokenizer learnability scoring uses (left padding, pad token set)
-    encoded = _Encoder(tok, None, None, MAX_LENGTH[name])(PROMPTS, RESPONSES)
+    encoded = Encoder(tok, None, None, MAX_LENGTH[name])(PROMPTS, RESPONSES)
     for e, row in zip(encoded, rows, strict=True):
         assert e.ids == row["input_ids"]
         assert list(range(e.start, len(e.ids))) == scored_positions(row["labels"])

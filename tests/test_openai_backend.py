@@ -12,7 +12,8 @@ from openai_server import serve
 from persyn.backends.base import GenParams, GenRequest, make_backend
 from persyn.config import TeacherConfig
 from persyn.errors import ConfigError
-from persyn.remote.openai_backend import OpenAIBackend, parse_retry_after
+from persyn.remote.http import parse_retry_after
+from persyn.remote.openai_backend import OpenAIBackend
 
 PROMPTS = ["What is 12 times 7?", "Write a short poem about the sea.", "Why is the sky blue?",
            "How many clips did Natalia sell?", "The quick brown fox", "Explain light."]

@@ -24,17 +24,15 @@ import httpx
 from persyn.backends.base import GenRequest, GenResult, register_backend
 from persyn.chat import FEW_SHOT_STOP, few_shot_prefix
 from persyn.errors import ConfigError
-from persyn.remote.http import (  # noqa: F401 - parse_retry_after and redact are re-exported for older imports
+from persyn.remote.http import (
     Counters,
     FatalHTTPError,
     RetryableError,
     RetryPolicy,
     TokenBucket,
     async_client,
-    parse_retry_after,
     post_json,
     read_api_key,
-    redact,
 )
 
 EXTRA_KEYS = {"body", "headers", "backoff_base_s", "backoff_max_s"}

@@ -72,7 +72,7 @@ class ModelWorker:
         return list(self.backend.generate(requests))
 
     def learnability(self, prompts: list[str], responses: list[str]) -> Any:
-        from persyn.executors.local import student_learnability
+        from persyn.scoring.student import student_learnability
 
         assert self.student is not None
         return student_learnability(self.student, prompts, responses)

@@ -80,7 +80,7 @@ def common_prefix_length(ids: list[int], other: list[int]) -> int:
 
 
 @dataclass
-class _Encoder:
+class Encoder:
     tokenizer: Any
     chat_template: str | None
     few_shot: bool | None
@@ -285,7 +285,7 @@ def learnability_scores(model: Any, tokenizer: Any, prompts: list[str], response
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if max_length < 2:
         raise ValueError("max_length must leave room for one prompt and one response token")
-    encode = _Encoder(tokenizer, chat_template, few_shot, max_length)
+    encode = Encoder(tokenizer, chat_template, few_shot, max_length)
     present = [(i, e) for i, e in enumerate(encode(prompts, responses)) if e is not None]
     values: list[float | None] = [None] * len(prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -321,7 +321,7 @@ def learnability_scores(model: Any, tokenizer: Any, prompts: list[str], response
 def naive_learnability(model: Any, tokenizer: Any, prompt: str, response: str, *, chat_template: str | None = None,
                        few_shot: bool | None = None, max_length: int = 1024) -> float:
     """Reference: one unpadded forward pass, full logits, log_softmax, mean over the response tokens."""
-    e = _Encoder(tokenizer, chat_template, few_shot, max_length)([prompt], [response])[0]
+    e = Encoder(tokenizer, chat_template, few_shot, max_length)([prompt], [response])[0]
     if e is None:
         raise ValueError("empty response: learnability is undefined")
     ids = torch.tensor([e.ids], device=_device(model))

@@ -137,15 +137,3 @@ def calibrated_reward(quality: np.ndarray, learnability: np.ndarray | None, alph
     if alpha >= 1:
         return l_
     return (1 - alpha) * q + alpha * l_
-
-
-def preference_pairs(rewards_row: np.ndarray, tie_eps: float = 1e-9) -> list[tuple[int, int]]:
-    """(winner, loser) teacher indices over every pair whose rewards differ by more than tie_eps; NaN dropped."""
-    r = np.asarray(rewards_row, dtype=np.float64)
-    pairs: list[tuple[int, int]] = []
-    for i in range(r.shape[0]):
-        for j in range(i + 1, r.shape[0]):
-            if np.isnan(r[i]) or np.isnan(r[j]) or r[i] == r[j] or abs(r[i] - r[j]) <= tie_eps:
-                continue
-            pairs.append((i, j) if r[i] > r[j] else (j, i))
-    return pairs

@@ -33,7 +33,7 @@ from persyn.remote.http import (
     post_json,
     read_api_key,
 )
-from persyn.scoring.learnability import Encoded, LearnabilityResult, _Encoder
+from persyn.scoring.learnability import Encoded, Encoder, LearnabilityResult
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "prompt_logprobs", "echo")
@@ -173,7 +173,7 @@ def server_learnability(base_url: str, model: str, tokenizer: Any, prompts: list
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
-    encoded = _Encoder(tokenizer, chat_template, few_shot, max_length)(prompts, responses)
+    encoded = Encoder(tokenizer, chat_template, few_shot, max_length)(prompts, responses)
     policy = RetryPolicy(max_retries, backoff_base_s, retry_after_max_s=retry_after_max_s)
     values, failed, errors = asyncio.run(_score_all(base_url, model, encoded, api_key=api_key,
                                                     max_concurrency=max_concurrency, mode=mode, policy=policy,

@@ -54,7 +54,7 @@ def _score_quality(run: Run, keys: list[str], gens: dict, prompt_of: dict[str, P
         for i in range(0, len(missing), SCORE_CHUNK):
             chunk = missing[i : i + SCORE_CHUNK]
             values = scorer.score([prompt_of[k].text for k in chunk], [gens[k].text or "" for k in chunk],
-                                  [prompt_of[k].reference for k in chunk], [None] * len(chunk))
+                                  [prompt_of[k].reference for k in chunk])
             run.store.add_scores("quality", scorer_id, dict(zip(chunk, values, strict=True)))
             advance(len(chunk))
 
