@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import read_jsonl
 
 from persyn.cli import main
 
@@ -215,7 +216,7 @@ def test_empty_responses_are_recorded_and_score_the_worst(tmp_path, capsys, tiny
     """Teacher b answers nothing (with a high judge score); its empty rows are kept, never win, never crash
     learnability, and the router learns to avoid b."""
     cfg = recorded_setup(tmp_path, outputs={"b": lambda i, p: "" if i % 2 else "   "})
-    b_rows = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    b_rows = read_jsonl(tmp_path / "b.jsonl")
     write_jsonl(tmp_path / "b.jsonl", [{**r, "quality": 1.0} for r in b_rows])
     cfg.update(reward={"alpha": 0.5}, student={"model": str(tiny_lm_dir)},
                router={"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 5}})
@@ -225,7 +226,7 @@ def test_empty_responses_are_recorded_and_score_the_worst(tmp_path, capsys, tiny
     texts = db.execute("SELECT text, error FROM generations WHERE teacher='b'").fetchall()
     db.close()
     assert len(texts) == 4 and all(t.strip() == "" and e is None for t, e in texts)  # recorded, not failures
-    scores = [json.loads(line) for line in (run_dir / "scores.jsonl").read_text().splitlines()]
+    scores = read_jsonl(run_dir / "scores.jsonl")
     by_prompt: dict[str, dict[str, dict]] = {}
     for s in scores:
         by_prompt.setdefault(s["id"], {})[s["teacher"]] = s
@@ -234,7 +235,7 @@ def test_empty_responses_are_recorded_and_score_the_worst(tmp_path, capsys, tiny
         assert row["b"]["learnability"] is None and row["a"]["learnability"] < 0
         assert row["b"]["quality"] == 1.0 > row["a"]["quality"]  # the judge liked it; it is still the worst
         assert row["b"]["reward"] < row["a"]["reward"]
-    dataset = [json.loads(line) for line in (run_dir / "dataset.jsonl").read_text().splitlines()]
+    dataset = read_jsonl(run_dir / "dataset.jsonl")
     assert len(dataset) == len(PROMPTS) and {r["teacher"] for r in dataset} == {"a"}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["per_teacher"]["b"]["generations"] == 4 and summary["failed_generations"] == []
@@ -258,6 +259,6 @@ def test_responses_longer_than_the_students_context_are_truncated_and_counted(tm
     main(["run", str(config)])  # a re-run scores nothing, and still reports the run's total
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["responses_truncated_for_scoring"] == 4 and summary["responses_truncated_this_invocation"] == 0
-    scores = [json.loads(line) for line in (tmp_path / "run" / "scores.jsonl").read_text().splitlines()]
+    scores = read_jsonl(tmp_path / "run" / "scores.jsonl")
     assert len(scores) == 16 and all(s["learnability"] is not None and s["learnability"] < 0 for s in scores)
     assert summary["dataset_rows"] == 8

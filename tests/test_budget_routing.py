@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from test_pipeline import BEST, read_jsonl, recorded_config, recorded_pool
+from helpers import BEST, read_jsonl, recorded_config, recorded_pool
 
 from persyn.cli import main
 from persyn.config import parse_config

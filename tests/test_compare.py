@@ -48,9 +48,18 @@ def test_tiny_compare_trains_evaluates_reports_and_resumes(tmp_path, shared_data
     assert strategies["oracle"]["generations_needed"] == 24 * 3 and strategies["oracle"]["needs_all_responses"]
     assert strategies["random"]["generations_needed"] == 24
     assert strategies["persyn"]["generations_needed"] == 12 * 3 + 12
-    # The same seed and data give the same student; another seed a different one.
+    # The same seed and data give the same student (trained again elsewhere: the same loss and weights, byte for
+    # byte); another seed a different one.
+    from persyn.config import load_config
+    from persyn.experiments.compare import train_config
+    from persyn.experiments.train import train_student
+
     p0, p1 = (strategies["persyn"]["runs"][i]["train_loss"] for i in (0, 1))
-    assert p0 != p1
+    again = train_student(train_config(load_config(config), tmp_path / "again", 0), out / "persyn" / "dataset.jsonl")
+    weights = {d: (d / "model.safetensors").read_bytes() for d in (tmp_path / "again", out / "persyn" / "seed0" /
+                                                                   "model", out / "persyn" / "seed1" / "model")}
+    assert again.train_loss == p0 and weights[tmp_path / "again"] == weights[out / "persyn" / "seed0" / "model"]
+    assert p0 != p1 and weights[out / "persyn" / "seed1" / "model"] != weights[out / "persyn" / "seed0" / "model"]
     report = (out / "report.md").read_text()
     assert "| strategy | ifeval prompt_level_strict_acc | ifeval inst_level_loose_acc | gsm8k accuracy |" in report
     assert "± " in report  # two seeds give a spread

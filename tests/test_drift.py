@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import CHATML
+from helpers import CHATML, read_jsonl
 
 from persyn.config import parse_config
 from persyn.keys import Keys, draw_probe
@@ -139,7 +139,7 @@ def test_edited_recorded_file_regenerates_that_teacher_only(tmp_path, prompts_fi
                               + f", quality of {K} responses")
     q_now = scores(cfg, "quality")
     assert {k: q_now[k] for k in q_before} == q_before and len(q_now) == len(q_before) + K
-    dataset = [json.loads(line) for line in (Path(cfg["run_dir"]) / "dataset.jsonl").read_text().splitlines()]
+    dataset = read_jsonl(Path(cfg["run_dir"]) / "dataset.jsonl")
     assert all(r["messages"][1]["content"].startswith("A2: ") for r in dataset if r["teacher"] == "a")
     assert "nothing changed since last run -> to do: nothing" == run_stages(parse_config(cfg)).changes
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import yaml
-from exported_run import LICENSES, make_run, read_jsonl
+from helpers import LICENSES, make_run, read_jsonl
 
 from persyn.cli import main
 from persyn.outputs.formats import FORMATS

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import read_jsonl
 from kill_driver import run_to_end, spawn, wait_for_pause
 
 N_PROMPTS, PROBE, TEACHERS = 12, 6, 2
@@ -59,10 +60,6 @@ def store_rows(run_dir: Path, sql: str) -> list[tuple]:
         return db.execute(sql).fetchall()
     finally:
         db.close()
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def outputs(run_dir: Path) -> dict:

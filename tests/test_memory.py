@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import build_tiny_lm
+from helpers import build_tiny_lm
 from transformers import AutoModel
 
 from persyn import models

@@ -12,7 +12,7 @@ from collections import Counter
 from html.parser import HTMLParser
 
 import pytest
-from exported_run import make_run, read_jsonl
+from helpers import make_run, read_jsonl
 
 from persyn.cli import main
 
@@ -148,7 +148,7 @@ def test_frontier_section_appears_with_frontier_json(run):
 
 def test_report_before_any_run_is_one_line(tmp_path, capsys):
     import yaml
-    from test_pipeline import recorded_config, recorded_pool
+    from helpers import recorded_config, recorded_pool
 
     recorded_pool(tmp_path, n=6)
     path = tmp_path / "c.yaml"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from test_pipeline import recorded_config, recorded_pool
+from helpers import recorded_config, recorded_pool
 
 from persyn.cli import main
 from persyn.experiments.router_eval import routing_metrics, split_prompts

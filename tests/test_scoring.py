@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import torch
-from conftest import build_tokenizer
+from helpers import build_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 from persyn.config import QualityConfig

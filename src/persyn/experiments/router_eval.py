@@ -20,7 +20,8 @@ import numpy as np
 
 from persyn.config import RunConfig
 from persyn.errors import ConfigError
-from persyn.experiments.frontier import baseline_points, default_budgets, frontier_for_split, plot, summarise
+from persyn.experiments.frontier import baseline_points, default_budgets, frontier_for_split, summarise
+from persyn.outputs.plots import plot_frontier
 from persyn.prompts import Prompt
 from persyn.router import embedder_for, routed_metrics
 from persyn.run import RewardMatrices, opened_run, rewards_for
@@ -121,7 +122,7 @@ def router_eval(cfg: RunConfig, *, backbones: list[str] | None = None, probe_siz
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     (cfg.path / "frontier.json").write_text(json.dumps(out["frontier"]["rows"], indent=2) + "\n", encoding="utf-8")
-    plot(out["frontier"]["rows"], out_path.with_name(out_path.stem + "_frontier.png"),
+    plot_frontier(out["frontier"]["rows"], out_path.with_name(out_path.stem + "_frontier.png"),
          f"{len(names)} teachers, probe {max(sizes)}, {out['frontier']['held_out']} held-out prompts")
     return out
 

@@ -99,10 +99,10 @@ def plots(teachers: list[str], summary: dict[str, Any], scores: list[dict[str, A
         out["router"] = _png(fig)
 
     if frontier:
-        from persyn.experiments.frontier import plot
+        from persyn.outputs.plots import plot_frontier
 
         buf = io.BytesIO()  # one line per method (a point for single-budget baselines), as router-eval draws it
-        plot(frontier, buf, "cost-reward frontier on held-out prompts")
+        plot_frontier(frontier, buf, "cost-reward frontier on held-out prompts")
         out["frontier"] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
     return out
 
