@@ -117,6 +117,13 @@ def test_the_boundary_check_finds_a_crossing():
                                           "persyn.stages.route imports persyn.experiments.frontier"]
 
 
+def test_modules_stay_short():
+    """A module over 400 lines is doing two things; the pipeline itself only runs the stages."""
+    sizes = {name: len(path.read_text().splitlines()) for name, path in sources().items()}
+    assert not {n: k for n, k in sizes.items() if k > 400}
+    assert sizes["persyn.pipeline"] <= 200
+
+
 def readme_layout_names() -> set[str]:
     """The files and folders the README's code-layout table names in its first column."""
     text = (SRC.parents[1] / "README.md").read_text(encoding="utf-8")

@@ -256,10 +256,10 @@ def test_gym_quality_uses_each_tasks_own_verifier_on_one_final_answer():
                  f"It could be {chain_answer} or {int(chain_answer) + 1}.\nAnswer: {int(chain_answer) + 1}",
                  ""]
     refs = [fam.reference, chain.reference, chain.reference, chain.reference, chain.reference]
-    got = scorer.score([p.text for p in (fam, chain, chain, chain, chain)], responses, refs, [None] * 5)
+    got = scorer.score([p.text for p in (fam, chain, chain, chain, chain)], responses, refs)
     assert got == [1.0, 1.0, 0.0, 0.0, 0.0]
     assert gym_final_answer("x\n<answer>7</answer>\nAnswer: 8") == "7"
     assert gym_final_answer("so 3 + 4 = 7\n#### 7") == "7"
     assert gym_final_answer("The sum is 7.\n\n**7**") == "7"
     with pytest.raises(InputError, match="no gym entry"):
-        scorer.score(["q"], ["Answer: 1"], ["7"], [None])
+        scorer.score(["q"], ["Answer: 1"], ["7"])
