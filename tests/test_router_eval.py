@@ -107,7 +107,7 @@ def test_the_cascade_asks_in_router_order_until_accepted_or_out_of_room():
     assert cascade(S, first, 1.0, 4, lambda _: Q) == [[0], [1], [0, 1]]  # 1 spare generation: the smallest margin
 
 
-RULES = {"persyn.stages.budget": ("first_candidates", "cascade", "keep_best"),
+RULES = {"persyn.stages.budget": ("first_candidates", "cascade", "candidate_rule", "keep_best"),
          "persyn.stages.probe": ("choose_probe", "next_probe_size")}
 
 

@@ -3,10 +3,11 @@
 For each probe seed, a probe is drawn, the router is fitted on it, and the other prompts are routed with a
 generation budget, by the generate stage's own rules (persyn.stages.budget): mean combined reward of the kept
 response (Eq. 2 over all N teachers, as the oracle sees it), gap captured = (routed - best single) / (oracle - best
-single) with the best single teacher chosen on the probe, Hit@1 and Hit@3 of the kept response, and generations per
-routed prompt. Baselines at the same budgets: the top-k teachers by probe mean reward (the same selection, with no
-router); and, as points, the best single teacher, a random teacher, CAR (one teacher by mean quality / (1 + beta
-loss), which needs all N generations) and the oracle (N generations)."""
+single) with the best single teacher chosen on the probe, Hit@1 and Hit@3 of the kept response, generations per
+routed prompt, and the gap the best of the same candidates would capture (`candidates_best`: kept in hindsight, by
+the reward the rule cannot see). Baselines at the same budgets: the top-k teachers by probe mean reward (the same
+selection, with no router); and, as points, the best single teacher, a random teacher, CAR (one teacher by mean
+quality / (1 + beta loss), which needs all N generations) and the oracle (N generations)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,17 @@ import numpy as np
 
 from persyn.config import RewardConfig
 from persyn.run import RewardMatrices
-from persyn.scoring.reward import probe_scales
 from persyn.stages import budget as rules
 
 
 def default_budgets(n_teachers: int) -> list[float]:
     return sorted({1.0, 1.5, 2.0, *map(float, range(3, n_teachers + 1))})
+
+
+def hindsight_best(cands: list[list[int]], R: np.ndarray) -> np.ndarray:
+    """The best of each prompt's candidates by the true reward (what no rule can do: it sees the other teachers)."""
+    Rw = np.where(np.isnan(R), -np.inf, R)
+    return np.array([c[int(np.argmax(Rw[i, c]))] for i, c in enumerate(cands)], dtype=np.int64)
 
 
 def point(kept: np.ndarray, R: np.ndarray, best_single: int, gens: float) -> dict[str, float]:
@@ -46,13 +52,15 @@ def frontier_for_split(scores: np.ndarray, probe: RewardMatrices, held: RewardMa
     means = np.nanmean(np.where(np.isnan(probe.reward), np.nan, probe.reward), 0)
     means = np.where(np.isfinite(means), means, -np.inf)
     best = int(np.argmax(means))
-    alpha = reward.alpha
-    scales = probe_scales(probe.quality, probe.learnability, alpha, reward.normalization)
+    rule = rules.candidate_rule(probe.quality, probe.learnability, reward.alpha, reward.normalization,
+                                worst=probe.empty)
     R = held.reward
 
     def row(label: str, b: float, cands: list[list[int]]) -> dict[str, Any]:
-        kept = np.array(rules.keep_best(cands, held.quality, held.learnability, R, alpha, scales), dtype=np.int64)
-        return {"method": label, "budget": b, **point(kept, R, best, float(np.mean([len(c) for c in cands])))}
+        kept = np.array(rules.keep_best(rule, cands, held.quality, held.learnability, held.empty), dtype=np.int64)
+        found = point(kept, R, best, float(np.mean([len(c) for c in cands])))
+        found["candidates_best"] = point(hindsight_best(cands, R), R, best, 0.0)["gap_captured"]
+        return {"method": label, "budget": b, **found}
 
     rows = [row(label, b, rules.first_candidates(S, b, cascade=False))
             for label, S in (("router", scores), ("top-k by probe mean", np.tile(means, (len(R), 1))))
@@ -97,7 +105,9 @@ def summarise(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for (method, budget), rows in groups.items():
         row: dict[str, Any] = {"method": method, "budget": budget, "seeds": len(rows)}
         for key in ("mean_reward", "gap_captured", "hit1", "hit3", "generations_per_prompt", "best_single",
-                    "oracle"):
+                    "oracle", "candidates_best"):
+            if not all(key in r for r in rows):
+                continue
             vals = np.array([r[key] for r in rows], dtype=float)
             row[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
             if key in ("mean_reward", "gap_captured"):

@@ -8,7 +8,7 @@ comparison. In a P x T matrix, NaN means "this teacher gave no response" and sta
 
 from __future__ import annotations
 
-import math
+import warnings
 
 import numpy as np
 
@@ -106,34 +106,50 @@ def scored_rewards(quality: np.ndarray, learnability: np.ndarray, present: np.nd
     return reward_matrix(q_in, l_in, alpha, method, worst=empty)
 
 
-def probe_scales(quality: np.ndarray, learnability: np.ndarray, alpha: float, method: str) -> tuple[float, float]:
-    """Typical per-prompt spread of quality and learnability across the teachers on the probe [P, T] (1 for a
-    component alpha does not use): the fixed scales that make a reward of k < N candidates comparable (persyn.stages.
-    budget)."""
-    def spread(M: np.ndarray | None) -> float:
-        if M is None:
-            return 1.0
-        M = np.asarray(M, dtype=np.float64)
-        rows = M[(~np.isnan(M)).sum(1) >= 2]
-        if not len(rows):
-            return 1.0
-        s = np.nanstd(rows, 1) if method == "zscore" else np.nanmax(rows, 1) - np.nanmin(rows, 1)
-        value = float(np.mean(s))
-        return value if value > 1e-12 and math.isfinite(value) else 1.0
+def _used(values: np.ndarray | None, shape: tuple[int, ...], needed: bool) -> np.ndarray:
+    if not needed:
+        return np.zeros(shape)
+    if values is None:
+        raise ValueError("a component that reward.alpha uses has no values")
+    return np.array(values, dtype=np.float64)
 
+
+def used_components(quality: np.ndarray | None, learnability: np.ndarray | None, shape: tuple[int, ...],
+                    alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(quality, learnability) as Eq. 2 at this alpha reads them: a component it does not use is zeros."""
+    return _used(quality, shape, alpha < 1), _used(learnability, shape, alpha > 0)
+
+
+def reward_rows(Q: np.ndarray, L: np.ndarray, alpha: float, method: str) -> np.ndarray:
+    """Eq. 2 (`combine`) along the last axis of any array at once; NaN entries (in either component) are left out
+    of the normalisation and stay NaN."""
+    bad = np.isnan(Q) | np.isnan(L)
+    out = np.zeros(Q.shape)
+    if alpha < 1:
+        out += (1 - alpha) * _normalise_rows(np.where(bad, np.nan, Q), method)
+    if alpha > 0:
+        out += alpha * _normalise_rows(np.where(bad, np.nan, L), method)
+    return np.where(bad, np.nan, out)
+
+
+def _normalise_rows(V: np.ndarray, method: str) -> np.ndarray:
+    """`normalise` along the last axis, NaN left out (constant: 0.5, or 0 for zscore)."""
     if method == "none":
-        return 1.0, 1.0
-    return spread(quality if alpha < 1 else None), spread(learnability if alpha > 0 else None)
-
-
-def calibrated_reward(quality: np.ndarray, learnability: np.ndarray | None, alpha: float,
-                      scales: tuple[float, float]) -> np.ndarray:
-    """Combined reward of any subset of a prompt's candidates on fixed scales (`probe_scales`), so that comparing
-    two candidates does not depend on which other teachers answered."""
-    q = np.asarray(quality, dtype=np.float64) / scales[0]
-    if alpha <= 0 or learnability is None:
-        return q
-    l_ = np.asarray(learnability, dtype=np.float64) / scales[1]
-    if alpha >= 1:
-        return l_
-    return (1 - alpha) * q + alpha * l_
+        return V
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanmin(V, -1, keepdims=True), np.nanmax(V, -1, keepdims=True)
+        if method == "minmax":
+            span = hi - lo
+            return np.where(span > 0, (V - lo) / np.where(span > 0, span, 1.0), 0.5)
+        if method == "zscore":
+            std = np.nanstd(V, -1, keepdims=True)
+            flat = (std == 0) | (hi == lo)
+            return np.where(flat, 0.0, (V - np.nanmean(V, -1, keepdims=True)) / np.where(flat, 1.0, std))
+    if method != "rank":
+        raise ValueError(f"unknown normalisation {method!r}")
+    less = (V[..., None, :] < V[..., :, None]).sum(-1)
+    equal = (V[..., None, :] == V[..., :, None]).sum(-1)
+    count = np.isfinite(V).sum(-1, keepdims=True)
+    ranks = (less + (equal - 1) / 2.0) / np.maximum(count - 1, 1)
+    return np.where(np.isnan(V), np.nan, np.where(count == 1, 0.5, ranks))

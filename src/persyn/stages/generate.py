@@ -11,7 +11,6 @@ from persyn.config import TeacherConfig
 from persyn.progress import progress
 from persyn.prompts import Prompt
 from persyn.run import Run, probe_rewards, rewards_for
-from persyn.scoring.reward import probe_scales
 from persyn.stages import budget
 from persyn.stages.score import score_prompts
 from persyn.stages.work import fail_if_all_failed, pending_requests, routed, stage_pairs
@@ -84,7 +83,7 @@ def _cascade(run: Run) -> None:
 
 def select_candidates(run: Run) -> None:
     """Keep each routed prompt's best candidate by the probe's combined reward (persyn.stages.budget.keep_best,
-    which the frontier replays); a failed generation is no candidate."""
+    the rule the frontier replays); a failed generation counts as a teacher not asked."""
     rw, names = run.cfg.reward, run.teacher_names()
     multi = [(p, r) for p, r in routed(run) if len(r.candidates) > 1]
     if not multi:
@@ -93,10 +92,10 @@ def select_candidates(run: Run) -> None:
     score_prompts(run, prompts, "select")
     m = rewards_for(run, prompts)
     probe = probe_rewards(run)
-    scales = probe_scales(probe.quality, probe.learnability, rw.alpha, rw.normalization)
-    cands = [[j for j in map(names.index, r.candidates) if m.present[i, j]] for i, (_, r) in enumerate(multi)]
-    kept = budget.keep_best(cands, m.quality, m.learnability, m.reward, rw.alpha, scales, m.empty)
-    updates = {p.id: (names[k], r.candidates) for (p, r), k in zip(multi, kept, strict=True)
-               if k is not None and names[k] != r.teacher}
+    rule = budget.candidate_rule(probe.quality, probe.learnability, rw.alpha, rw.normalization, worst=probe.empty)
+    asked = [[j for j in map(names.index, r.candidates) if m.present[i, j]] for i, (_, r) in enumerate(multi)]
+    kept = budget.keep_best(rule, asked, m.quality, m.learnability, m.empty)
+    updates = {p.id: (names[k], r.candidates) for (p, r), cols, k in zip(multi, asked, kept, strict=True)
+               if cols and names[k] != r.teacher}
     if updates:
         run.store.update_routes(updates)
