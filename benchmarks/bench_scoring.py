@@ -8,7 +8,7 @@ right-padded with an attention mask, full logits and log_softmax) and against on
 the ratios, and a roofline (the forward FLOPs over the GEMM FLOP/s measured just before). Wall and CPU (process)
 seconds are both shown: on a shared machine the CPU seconds are steadier.
 
-    python benchmarks/bench_scoring.py [--alpaca 48] [--gsm8k 64] [--threads 2] [--repeat 2]
+    python benchmarks/bench_scoring.py [--alpaca 48] [--gsm8k 64] [--threads 2] [--repeat 2] [--bf16]
 """
 
 from __future__ import annotations
@@ -98,6 +98,15 @@ def bench(name: str, model, tok, prompts: list[str], responses: list[str], args,
     pw, pc = results["persyn scorer, packed"][:2]
     w, c = results["persyn scorer"][:2]
     print(f"{name}: packed vs padded persyn scorer {w / pw:.2f}x (wall), {c / pc:.2f}x (CPU)")
+    if args.bf16:
+        half, _ = load_causal_lm(args.model, dtype="bfloat16", device="cpu")
+        ref = results["persyn scorer"][2]
+        for pack in (False, True):
+            values = learnability_scores(half, tok, prompts, responses, max_length=args.max_length,
+                                         batch_tokens=args.batch_tokens, pack=pack).values
+            d = [abs(a - b) for a, b in zip(values, ref, strict=True)]
+            print(f"{name}: bf16 {'packed' if pack else 'padded'} vs fp32 padded: max |diff| {max(d):.1e}, "
+                  f"mean {sum(d) / len(d):.1e} nats/token")
 
 
 def main() -> None:
@@ -109,6 +118,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--max-length", type=int, default=1024, help="the scoring context (student.max_length)")
+    ap.add_argument("--bf16", action="store_true", help="also score in bfloat16, packed and padded, against fp32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_causal_lm(args.model, dtype="float32", device="cpu")

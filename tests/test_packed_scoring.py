@@ -162,11 +162,21 @@ def test_pack_choice(llama, tok, monkeypatch):
     assert model.config._attn_implementation == "sdpa"
 
 
-def test_student_pack_config():
+def test_student_pack_config_reaches_the_scorer(tiny_lm_dir, monkeypatch):
+    from persyn.executors.local import student_learnability
+
     assert StudentConfig(model="m").pack == "auto"
-    assert StudentConfig(model="m", pack=True, compile=True).pack is True
     with pytest.raises(ValueError, match="pack"):
         StudentConfig(model="m", pack="sometimes")
+    packs: list[int] = []
+    score = packed.score_packed
+    monkeypatch.setattr(packed, "score_packed", lambda *a, **k: packs.append(len(a[3])) or score(*a, **k))
+    student = StudentConfig(model=str(tiny_lm_dir), pack=True, max_length=160)
+    res = student_learnability(student, PROMPTS, RESPONSES)
+    assert sum(packs) == len(PROMPTS) - 1 and res.values[-1] is None
+    packs.clear()
+    student_learnability(student.model_copy(update={"pack": "auto"}), PROMPTS, RESPONSES)
+    assert packs == []  # a CPU: padded
 
 
 def test_bad_pack_in_yaml_names_the_key(tmp_path):
