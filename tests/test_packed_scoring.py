@@ -12,6 +12,8 @@ from transformers import (
     AutoTokenizer,
     Gemma2Config,
     Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     MistralConfig,
     MistralForCausalLM,
     Qwen2Config,
@@ -131,10 +133,16 @@ def test_no_attention_across_packed_sequences(llama):
 
 
 def test_sliding_window_within_packed_sequences(tok):
-    """A window shorter than the sequences: each sequence's window as the padded scorer's mask has it."""
+    """A window shorter than the sequences: each sequence's window as the padded scorer's mask has it (Mistral: every
+    layer; Gemma 3: sliding and full layers, its own attention scaling)."""
     model = _tiny(MistralForCausalLM, MistralConfig, tok, sliding_window=8)
     padded, pack = _both(model, tok, max_length=160)
     _close(pack.values, padded.values, 1e-5)
+    gemma3 = _tiny(Gemma3ForCausalLM, Gemma3TextConfig, tok, head_dim=16, sliding_window=8, query_pre_attn_scalar=8,
+                   layer_types=["sliding_attention", "full_attention"])
+    assert packed.packable(gemma3)
+    padded3, pack3 = _both(gemma3, tok, max_length=160)
+    _close(pack3.values, padded3.values, 1e-5)
     no_window = _tiny(MistralForCausalLM, MistralConfig, tok, sliding_window=None)
     assert learnability_scores(no_window, tok, MIXED_PROMPTS, MIXED_RESPONSES, pack=True).values != pack.values
 
