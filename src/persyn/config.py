@@ -130,6 +130,12 @@ class StudentConfig(Strict):
     max_length: int = Field(default=1024, gt=8, description=(
         "Prompt + response tokens scored; longer responses are truncated and counted."))
     batch_tokens: int = Field(default=4096, gt=0, description="Token budget of one learnability scoring batch.")
+    pack: Literal["auto", True, False] = Field(default="auto", description=(
+        "Learnability batches packed into one row without padding (varlen attention, position ids per sequence): "
+        "`auto` packs on CUDA only, true on any device; families with a plain head and causal attention only. "
+        "The values are the same."))
+    compile: bool = Field(default=False, description=(
+        "torch.compile the student's decoder for packed scoring, once per process (meant for CUDA)."))
     dtype: Dtype = Field(default="auto", description="Weights and activations of the student while scoring.")
     server_url: str | None = Field(default=None, description=(
         "An OpenAI-compatible server that returns prompt log-probs, used instead of the local model."))
