@@ -261,8 +261,9 @@ def build_app(lm: LocalModel, state: ServerState) -> FastAPI:
                 state.in_flight -= 1
 
     def chat(body: dict[str, Any]) -> dict[str, Any]:
+        template = body.get("chat_template") if state.flavor in ("fake", "vllm") else None  # others ignore it
         text = tok.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True,
-                                       chat_template=body.get("chat_template"))
+                                       chat_template=template)
         ids = lm.encode(text)
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or 16
         new, _ = lm.generate(ids, int(limit), float(body.get("temperature", 1.0)),

@@ -107,3 +107,21 @@ def test_missing_file_and_model_are_user_errors(tmp_path):
         import_batch_results(tmp_path / "absent.jsonl")
     with pytest.raises(ConfigError, match=r"teachers\.t\.model"):
         export_batch(requests(), TeacherConfig(name="t", backend="openai"), tmp_path / "x.jsonl")
+
+
+def test_vllm_run_batch_error_lines_keep_their_message(tmp_path):
+    """vLLM's run-batch writes a failed request as {"error": {"error": {...}}} beside a response without a body
+    (vllm/entrypoints/launchers/run_batch.py), or with the error as a plain string."""
+    vllm_error = {"error": {"message": "This model's maximum context length is 256 tokens. However, your prompt "
+                                       "contains 300 input tokens.", "type": "BadRequestError", "param": "input_tokens",
+                            "code": 400}}
+    rows = [{"id": "vllm-1", "custom_id": "k0", "error": vllm_error,
+             "response": {"status_code": 400, "request_id": "vllm-batch-1", "body": None}},
+            {"id": "vllm-2", "custom_id": "k1", "error": "Request must not be sent in stream mode",
+             "response": {"status_code": 400, "request_id": "vllm-batch-2", "body": None}}]
+    path = tmp_path / "out.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = {r.key: r for r in import_batch_results(path)}
+    assert results["k0"].error == ("400: This model's maximum context length is 256 tokens. However, your prompt "
+                                   "contains 300 input tokens.")
+    assert results["k1"].error == "Request must not be sent in stream mode"

@@ -248,25 +248,50 @@ def student_server_learnability(student: Any, tokenizer: Any, prompts: list[str]
                                max_retries=student.max_retries, retry_after_max_s=student.retry_after_max_s)
 
 
-def check_student_server(student: Any, model: Any, tokenizer: Any) -> float | None:
-    """Mean |local - server| learnability (nats/token) of CHECK_PAIRS; ConfigError when it exceeds
-    student.server_check_tolerance: the server runs other weights (or another tokenizer) than `student.model`.
-    None when the server failed to score them (the scoring that follows meets and reports the same failure)."""
-    from persyn.scoring.learnability import learnability_scores
+async def _server_token_logprobs(student: Any, encoded: list[Encoded]) -> list[list[float]] | None:
+    """The server's log-prob of each scored token of each pair; None when it failed to answer."""
+    api_key = read_api_key(student.api_key_env, key="student.api_key_env")
+    policy = RetryPolicy(student.max_retries, retry_after_max_s=student.retry_after_max_s)
+    async with async_client(api_key=api_key, max_concurrency=1, timeout_s=student.timeout_s) as client:
+        server = _Server(client, student.server_url.rstrip("/") + "/completions",
+                         student.server_model or student.model, policy, api_key)
+        try:
+            mode = await _detect(server, encoded[0].ids)
+            return [(await server.logprobs(e.ids, mode))[e.start:] for e in encoded]
+        except FatalHTTPError as exc:
+            if exc.status in (401, 403, 404):
+                raise server.fatal(exc) from None
+            return None
+        except (RetryableError, _NotSupported, ValueError):
+            return None
 
-    prompts, responses = [p for p, _ in CHECK_PAIRS], [r for _, r in CHECK_PAIRS]
-    remote = student_server_learnability(student, tokenizer, prompts, responses)
-    if remote.failed:
+
+def check_student_server(student: Any, model: Any, tokenizer: Any) -> float | None:
+    """Mean |local - server| log-prob (nats) over the scored tokens of CHECK_PAIRS; ConfigError when it exceeds
+    student.server_check_tolerance: the server runs other weights (or another tokenizer) than `student.model`.
+    Token by token, not pair means: two models can agree on a mean and still differ at every token. None when
+    the server failed to answer (the scoring that follows meets and reports the same failure)."""
+    import torch
+
+    encoded = _Encoder(tokenizer, student.chat_template, student.few_shot, student.max_length)(
+        [p for p, _ in CHECK_PAIRS], [r for _, r in CHECK_PAIRS])
+    pairs = [e for e in encoded if e is not None]
+    remote = asyncio.run(_server_token_logprobs(student, pairs))
+    if remote is None:
         return None
-    local = learnability_scores(model, tokenizer, prompts, responses, chat_template=student.chat_template,
-                                few_shot=student.few_shot, max_length=student.max_length)
-    pairs = [(a, b) for a, b in zip(local.values, remote.values, strict=True) if a is not None and b is not None]
-    diff = math.fsum(abs(a - b) for a, b in pairs) / len(pairs)
+    diffs: list[float] = []
+    device = next(model.parameters()).device
+    for e, theirs in zip(pairs, remote, strict=True):
+        with torch.no_grad():
+            logits = model(torch.tensor([e.ids], device=device)).logits[0, :-1].float()
+        ours = torch.log_softmax(logits, -1)[torch.arange(e.start - 1, len(e.ids) - 1), e.ids[e.start:]].tolist()
+        diffs += [abs(a - b) for a, b in zip(ours, theirs, strict=True)]
+    diff = math.fsum(diffs) / len(diffs)
     if diff > student.server_check_tolerance:
         served = student.server_model or student.model
         raise ConfigError(
-            f"the server's learnability of {len(pairs)} known pairs differs from the local student's by "
-            f"{diff:.3f} nats/token (server_check_tolerance {student.server_check_tolerance:g}): it does not serve "
+            f"the server's log-probs of {len(pairs)} known pairs differ from the local student's by {diff:.3f} "
+            f"nats/token (server_check_tolerance {student.server_check_tolerance:g}): it does not serve "
             f"{student.model}'s weights as {served!r}; point it at the student, or set student.server_check: false",
             key="student.server_url")
     return diff
