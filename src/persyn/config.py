@@ -166,9 +166,10 @@ class StudentConfig(Strict):
         "server, and stop when they differ by more than server_check_tolerance (the server runs other weights). "
         "Done once per learnability key, remembered in the store; false skips it (a student too large to load "
         "here)."))
-    server_check_tolerance: float = Field(default=0.05, gt=0, description=(
-        "server_check: largest mean |difference| in nats/token between local and server scores of the known "
-        "sequences (float32 against bfloat16 serving differs by about 0.01)."))
+    server_check_tolerance: float = Field(default=0.1, gt=0, description=(
+        "server_check: largest mean |difference| of the known pairs' token log-probs, local against server, in "
+        "nats/token. SmolLM2-135M served by vLLM in bfloat16 against the local float32 model: 0.020; in "
+        "float32: 0.00001 (docs/servers.md)."))
     api_key_env: str | None = Field(default=None, description="server_url: environment variable with the API key.")
     max_concurrency: int = Field(default=8, gt=0, description="server_url: requests in flight at once.")
     timeout_s: float = Field(default=120.0, gt=0, description="server_url: seconds one request may take.")
