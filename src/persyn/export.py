@@ -115,7 +115,7 @@ def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], mis
     for t in cfg.teachers:
         count, tokens, prompt_tokens, paid = store.generation_totals(run.keys.teacher(t), run.keys.params(t).as_dict())
         total_tokens += tokens
-        cost = paid or (tokens + prompt_tokens) / 1000 * t.cost_per_1k_tokens
+        cost = paid or t.cost(prompt_tokens, tokens)
         per_teacher[t.name] = {"generations": count, "completion_tokens": tokens, "cost": round(cost, 6)}
     shares = Counter(row["teacher"] for row in dataset)
     truncated = store.truncated_total("learnability", run.keys.learnability_scorer) if cfg.student else 0

@@ -56,8 +56,9 @@ def needed_keys(run: Run, prompts: list[Prompt], selection: Selection, strategy:
 def selection_cost(run: Run, keys: set[str]) -> dict[str, Any]:
     """Generations (and their tokens and cost) among these keys, counted from the store."""
     gens = [g for g in run.store.generations(keys).values() if g.error is None]
-    price = {t.name: t.cost_per_1k_tokens for t in run.cfg.teachers}
-    cost = sum(g.cost or (g.prompt_tokens + g.completion_tokens) / 1000 * price.get(g.teacher, 0.0) for g in gens)
+    teachers = {t.name: t for t in run.cfg.teachers}
+    cost = sum(g.cost or (teachers[g.teacher].cost(g.prompt_tokens, g.completion_tokens) if g.teacher in teachers
+                          else 0.0) for g in gens)
     return {"generations": len(gens), "generations_needed": len(keys),
             "tokens": sum(g.completion_tokens for g in gens), "cost": round(cost, 6)}
 

@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS routing (
 
 
 # Meta keys that record how a run went rather than what it made: writing them does not move the store's version.
-BOOKKEEPING_META = frozenset({"version", "stage_seconds", "identity", "run_stamp"})
+BOOKKEEPING_META = frozenset({"version", "stage_seconds", "identity", "run_stamp", "student_server_checked"})
 
 
 @dataclass(frozen=True)

@@ -92,11 +92,11 @@ class _Encoder:
     min_response_tokens: int = MIN_RESPONSE_TOKENS
 
     def __post_init__(self) -> None:
-        from persyn.backends.transformers_backend import _template_text
+        from persyn.chat import template_text
 
         self.is_few_shot = uses_few_shot(self.tokenizer, self.few_shot, self.chat_template)
         template = None if self.chat_template in (None, "few-shot") else self.chat_template
-        self.template = _template_text(template, key="student.chat_template")
+        self.template = template_text(template, key="student.chat_template")
 
     def sft_ids(self, prompts: list[str], responses: list[str]) -> list[tuple[list[int], list[int]]]:
         """(prompt ids, prompt + completion ids) per pair, as TRL's SFTTrainer tokenises persyn train's rows."""
