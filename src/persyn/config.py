@@ -157,6 +157,23 @@ class QualityConfig(Strict):
         "reward_model: tokens of (prompt, response) scored; part of the key."))
     trust_remote_code: bool = Field(default=False, description="reward_model: allow the model's own Python code.")
 
+    @property
+    def model_free(self) -> bool:
+        """Scored without a model (an answer check or a recorded field): cheap enough to score every response."""
+        return self.kind in MODEL_FREE_QUALITY
+
+
+MODEL_FREE_QUALITY = ("math_answer", "gym", "field")
+
+
+class ExportConfig(Strict):
+    min_quality: float | None = Field(default=None, description=(
+        "Verified filtering (rejection sampling): keep only dataset rows whose quality is at least this (1: a "
+        "verified correct answer for math_answer and gym). Rows whose quality is unknown (a recorded response "
+        "without its field) are dropped too, as unverified. The dropped counts go into summary.json, the report "
+        "and the card. Every routed response is then scored for quality, with any kind (model-free kinds always "
+        "are). None: keep every row."))
+
 
 class RewardConfig(Strict):
     alpha: float = Field(default=0.4, ge=0, le=1, description=(
@@ -238,6 +255,14 @@ class RouterConfig(Strict):
 
 
 STRATEGY_NAMES = ("persyn", "oracle", "strong", "family-strong", "mix", "car", "random")
+TEACHER_STRATEGY = "teacher:"  # `teacher:NAME`: that one teacher for every prompt
+VERIFIED_SUFFIX = "+verified"  # `NAME+verified`: that strategy's rows, those below export.min_quality dropped
+
+
+def strategy_base(name: str) -> str:
+    """The selection rule a strategy name names: `teacher:NAME` for every single teacher, the suffix dropped."""
+    base = name.removesuffix(VERIFIED_SUFFIX)
+    return TEACHER_STRATEGY if base.startswith(TEACHER_STRATEGY) else base
 
 
 class RouterEvalConfig(Strict):
@@ -263,7 +288,9 @@ class CompareConfig(Strict):
     """`persyn compare`: datasets from each selection strategy, one student trained and evaluated per strategy."""
 
     strategies: list[str] = Field(default_factory=lambda: ["persyn", "strong", "mix", "random"], description=(
-        "Selection strategies, each gives one dataset: persyn, oracle, strong, family-strong, mix, car, random."))
+        "Selection strategies, each gives one dataset: persyn, oracle, strong, family-strong, mix, car, random, "
+        "`teacher:NAME` (that teacher alone on every prompt); any of them with `+verified` appended keeps only "
+        "the rows whose quality reaches export.min_quality (e.g. `persyn+verified`)."))
     strong_teacher: str | None = Field(default=None, description=(
         "The strong baseline's teacher; None: the highest mean probe quality."))
     weak_teacher: str | None = Field(default=None, description=(
@@ -285,8 +312,9 @@ class CompareConfig(Strict):
     @classmethod
     def _known(cls, names: list[str] | None) -> list[str] | None:
         for n in names or []:
-            if n not in STRATEGY_NAMES:
-                raise ValueError(f"unknown strategy {n!r} (known: {', '.join(STRATEGY_NAMES)})")
+            if strategy_base(n) not in (*STRATEGY_NAMES, TEACHER_STRATEGY):
+                raise ValueError(f"unknown strategy {n!r} (known: {', '.join(STRATEGY_NAMES)}, teacher:NAME; "
+                                 f"each may end in {VERIFIED_SUFFIX})")
         return names
 
     @field_validator("seeds")
@@ -362,6 +390,8 @@ class RunConfig(Strict):
         "Student fine-tuning settings shared by every strategy."))
     eval: EvalSection = Field(default_factory=EvalSection, description=(
         "Benchmarks for `persyn compare` and `persyn eval`."))
+    export: ExportConfig = Field(default_factory=ExportConfig, description=(
+        "What goes into the dataset: verified filtering."))
 
     @field_validator("teachers")
     @classmethod
@@ -383,6 +413,13 @@ class RunConfig(Strict):
 
     def teacher(self, name: str) -> TeacherConfig:
         return next(t for t in self.teachers if t.name == name)
+
+    @property
+    def scores_routed_quality(self) -> bool:
+        """Whether every routed response gets a quality score, not only the probe's: when the kind needs no
+        model (so the dataset, summary and report say how many routed rows are right), or when
+        export.min_quality filters on it. Never at alpha 1, which computes no quality."""
+        return self.reward.alpha < 1 and (self.quality.model_free or self.export.min_quality is not None)
 
     @property
     def path(self) -> Path:
@@ -428,6 +465,18 @@ def _check_settings(cfg: RunConfig, source: str | None) -> None:
     if g.accept_quality is not None and cfg.reward.alpha >= 1:
         raise ConfigError("needs a quality scorer to judge answers, but reward.alpha = 1 never computes quality",
                           key="generation.accept_quality", file=source)
+    if cfg.export.min_quality is not None and cfg.reward.alpha >= 1:
+        raise ConfigError("needs a quality scorer to verify rows, but reward.alpha = 1 never computes quality",
+                          key="export.min_quality", file=source)
+    teachers = {t.name for t in cfg.teachers}
+    for name in cfg.compare.strategies + (cfg.compare.seeds_for or []):
+        base = name.removesuffix(VERIFIED_SUFFIX)
+        if base.startswith(TEACHER_STRATEGY) and base.removeprefix(TEACHER_STRATEGY) not in teachers:
+            raise ConfigError(f"{name!r} names no teacher (teachers: {', '.join(sorted(teachers))})",
+                              key="compare.strategies", file=source)
+        if name.endswith(VERIFIED_SUFFIX) and cfg.export.min_quality is None:
+            raise ConfigError(f"{name!r} drops rows below export.min_quality: set it (e.g. 1)",
+                              key="export.min_quality", file=source)
     if cfg.probe.max_size is not None and cfg.probe.strategy != "adaptive":
         raise ConfigError("only probe.strategy 'adaptive' grows the probe", key="probe.max_size", file=source)
 

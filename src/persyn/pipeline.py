@@ -375,6 +375,8 @@ def generate_stage(run: Run) -> None:
     else:
         _cascade(run)
     select_candidates(run)
+    if run.cfg.scores_routed_quality:
+        score_prompts(run, [p for p, _ in _routed(run)], "routed", kinds=("quality",))
 
 
 def _routed(run: Run) -> list[tuple[Prompt, Route]]:
