@@ -14,11 +14,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from persyn.config import RunConfig
+from persyn.config import RunConfig, strategy_base
 from persyn.errors import ConfigError
 from persyn.models import resolve
 from persyn.pipeline import STAGES, load_stage, opened_run, run_stages
-from persyn.selection import select_and_build
+from persyn.selection import select_and_build, strategy_dirname
 from persyn.strategies import make_strategy
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ def compare_dir(cfg: RunConfig) -> Path:
 
 def select_all(cfg: RunConfig, strategies: list[str]) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Build every strategy's dataset; returns per-strategy summaries and the known rewards of chosen responses."""
-    run_stages(cfg, STAGES if "persyn" in strategies else ("probe", "score"))
+    routed = any(strategy_base(n) == "persyn" for n in strategies)
+    run_stages(cfg, STAGES if routed else ("probe", "score"))
     with opened_run(cfg) as run:
         return select_and_build(run, load_stage(run), strategies, compare_dir(cfg))
 
@@ -74,7 +75,7 @@ def evaluate_cached(model_dir: Path, benchmarks: list[dict[str, Any]], eval_dir:
 def train_and_eval(cfg: RunConfig, strategy: str, seed: int) -> dict[str, Any]:
     from persyn.train import train_student
 
-    base = compare_dir(cfg) / strategy
+    base = compare_dir(cfg) / strategy_dirname(strategy)
     model_dir = base / f"seed{seed}" / "model"
     tcfg = train_config(cfg, model_dir, seed)
     result = train_student(tcfg, base / "dataset.jsonl")
