@@ -351,11 +351,12 @@ class TrainSection(Strict):
 
 
 class BenchmarkSpec(BaseModel):
-    """One benchmark: `name` (gsm8k, ifeval, lm_eval), optional `label`, and the eval function's arguments."""
+    """One benchmark: `name` (gsm8k, gym, ifeval, lm_eval), optional `label`, and the eval function's arguments."""
 
     model_config = ConfigDict(extra="allow")
     name: str = Field(description=(
-        "The benchmark: gsm8k, ifeval or lm_eval; further keys are the eval function's arguments."))
+        "The benchmark: gsm8k, gym (`items: gym:TASK+TASK:N:SEED`, optional `template`, `exclude_prompts_path`), "
+        "ifeval or lm_eval; further keys are the eval function's arguments (persyn.eval)."))
     label: str | None = Field(default=None, description="The name results are reported under; None: `name`.")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 # The headline metric of each benchmark (others stay in results.json).
-PRIMARY = {"gsm8k": "accuracy", "ifeval": "prompt_level_strict_acc"}
+PRIMARY = {"gsm8k": "accuracy", "gym": "accuracy", "ifeval": "prompt_level_strict_acc"}
 SECONDARY = {"ifeval": "inst_level_loose_acc"}
 
 

@@ -110,13 +110,19 @@ def eval_cmd(
     gsm8k: Annotated[Path | None, typer.Option(help="GSM8K test JSONL (question, answer).")] = None,
     shots: Annotated[int, typer.Option(help="GSM8K few-shot examples (0 or 5 usual).")] = 0,
     ifeval: Annotated[str | None, typer.Option(help="IFEval prompts JSONL, or hf:google/IFEval.")] = None,
+    gym: Annotated[str | None, typer.Option(help="reasoning-gym items: gym:TASK[+TASK...]:SIZE[:SEED].")] = None,
+    gym_template: Annotated[str | None, typer.Option(help="--gym: wrap each question ('{prompt}' replaced).")] = None,
+    exclude_prompts: Annotated[Path | None, typer.Option(
+        help="--gym: leave out items whose question is a prompt of this training set (prompts file or "
+             "dataset.jsonl).")] = None,
     lm_eval: Annotated[list[str] | None, typer.Option(help="lm-evaluation-harness task (repeatable).")] = None,
     lm_eval_include: Annotated[list[Path] | None, typer.Option(
         help="Folder of extra lm-eval task YAMLs (repeatable), e.g. docs/lm_eval_tasks for offline tasks.")] = None,
     n: Annotated[int | None, typer.Option(help="First n items of each benchmark (a fixed subset).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget per answer.")] = None,
 ) -> None:
-    """Evaluate a model on GSM8K, IFEval and/or lm-evaluation-harness tasks; results are JSON."""
+    """Evaluate a model on GSM8K, reasoning-gym items, IFEval and/or lm-evaluation-harness tasks; results are
+    JSON, per-item records JSONL."""
     from persyn.eval import evaluate
 
     specs: list[dict] = []
@@ -127,12 +133,16 @@ def eval_cmd(
         specs.append({"name": "gsm8k", "test_path": str(gsm8k), "shots": shots, **extra})
     if ifeval is not None:
         specs.append({"name": "ifeval", "prompts_path": ifeval, **extra})
+    if gym is not None:
+        specs.append({"name": "gym", "items": gym, **extra,
+                      **({"template": gym_template} if gym_template is not None else {}),
+                      **({"exclude_prompts_path": str(exclude_prompts)} if exclude_prompts else {})})
     if lm_eval:
         specs.append({"name": "lm_eval", "tasks": list(lm_eval), **({"limit": n} if n else {}),
                       **({"gen_kwargs": {"max_gen_toks": max_new_tokens}} if max_new_tokens else {}),
                       **({"include_path": [str(p) for p in lm_eval_include]} if lm_eval_include else {})})
     if not specs:
-        raise ConfigError("name a benchmark: --gsm8k, --ifeval, --lm-eval or --config", key="eval")
+        raise ConfigError("name a benchmark: --gsm8k, --gym, --ifeval, --lm-eval or --config", key="eval")
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = evaluate(model, specs, output_dir=output_dir)
     console.print_json(json.dumps(summary))
