@@ -251,3 +251,22 @@ def test_verified_strategy_drops_rows_below_min_quality(tmp_path, tiny_lm_dir):
     with pytest.raises(ConfigError, match="export.min_quality"):
         pool_config(tmp_path, tiny_lm_dir, strategies=["persyn+verified"])  # no min_quality set
     run.store.close()
+
+
+def test_oracle_at_other_alphas_from_the_same_scores(pool, tiny_lm_dir, tmp_path):
+    """oracle@ALPHA re-weighs the stored scores: @0.4 is the config's oracle, @0 the best quality, @1 the best
+    learnability, with no new generation or score."""
+    run, prompts, table = pool
+    names = ["oracle", "oracle@0.4", "oracle@0", "oracle@1"]
+    strategies = [make_strategy(n) for n in names]
+    inputs = prepare_inputs(run, prompts, strategies)
+    sel = {s.name: s.select(inputs).teachers for s in strategies}
+    assert sel["oracle@0.4"] == sel["oracle"]
+    for name, column in (("oracle@0", 0), ("oracle@1", 1)):
+        assert sel[name] == [max(POOL, key=lambda t: table[(p.text, t)][column]) for p in prompts]
+    assert len({tuple(v) for v in sel.values()}) == 3
+    with pytest.raises(ConfigError, match="expected oracle@ALPHA"):
+        pool_config(tmp_path, tiny_lm_dir, strategies=["oracle@2"])
+    zero = replace(inputs, alpha=0.0)
+    with pytest.raises(ConfigError, match="reward.alpha"):
+        make_strategy("oracle@0.5").check(zero)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from persyn.config import TEACHER_STRATEGY, VERIFIED_SUFFIX, CompareConfig, RunConfig
+from persyn.config import ORACLE_AT, TEACHER_STRATEGY, VERIFIED_SUFFIX, CompareConfig, RunConfig, oracle_alpha
 from persyn.errors import ConfigError, PersynError
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ class SelectionInputs:
     options: CompareConfig
     n_prompts: int
     min_quality: float | None = None  # export.min_quality, for the `+verified` strategies
+    normalization: str = "minmax"  # reward.normalization, for `oracle@ALPHA`
     probe: RewardMatrices | None = None  # every teacher on the probe prompts
     everything: RewardMatrices | None = None  # every teacher on every prompt (Generate-then-Select)
     routes: list[str | None] | None = None  # the router's teacher per prompt as `persyn run` stored it; None: unrouted
@@ -45,7 +46,7 @@ class SelectionInputs:
         return cls(teachers=[t.name for t in cfg.teachers], families={t.name: t.family for t in cfg.teachers},
                    student_family=cfg.student.family if cfg.student is not None else None,
                    alpha=cfg.reward.alpha, options=cfg.compare, n_prompts=n_prompts,
-                   min_quality=cfg.export.min_quality)
+                   min_quality=cfg.export.min_quality, normalization=cfg.reward.normalization)
 
     def teacher(self, name: str, key: str) -> str:
         if name not in self.teachers:
@@ -160,6 +161,12 @@ def make_strategy(name: str) -> Strategy:
         return VerifiedStrategy(make_strategy(name.removesuffix(VERIFIED_SUFFIX)))
     if name.startswith(TEACHER_STRATEGY):
         return SingleTeacherStrategy(name.removeprefix(TEACHER_STRATEGY))
+    if name.startswith(ORACLE_AT):
+        try:
+            return OracleAtStrategy(oracle_alpha(name))
+        except ValueError:
+            raise ConfigError(f"{name!r}: expected oracle@ALPHA with ALPHA in [0, 1]",
+                              key="compare.strategies") from None
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)}, teacher:NAME; each may end "
                           f"in {VERIFIED_SUFFIX})", key="compare.strategies")
@@ -194,6 +201,35 @@ class OracleStrategy(Strategy):
         seed = inputs.options.seed
         return Selection(self.name, oracle_choice(inputs.all_matrices().reward, inputs.teachers, seed),
                          {"alpha": inputs.alpha, "ties": f"drawn uniformly (compare.seed {seed})"})
+
+
+class OracleAtStrategy(Strategy):
+    """`oracle@ALPHA`: the oracle by Eq. 2 at this alpha instead of reward.alpha, from the same stored scores, so
+    one compare holds Generate-then-Select at several alphas on the same responses. Exact ties are drawn as for
+    `oracle`; at alpha 0 with a 0/1 quality that is the rule among the correct answers."""
+
+    needs_all_responses = True
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self.name = f"{ORACLE_AT}{alpha:g}"  # type: ignore[misc]
+
+    def check(self, inputs: SelectionInputs) -> None:
+        if self.alpha < 1 and inputs.alpha >= 1:
+            raise ConfigError(f"{self.name} needs quality, which reward.alpha = 1 never computes", key="reward.alpha")
+        if self.alpha > 0 and inputs.alpha <= 0:
+            raise ConfigError(f"{self.name} needs the student's learnability, which reward.alpha = 0 never "
+                              "computes", key="reward.alpha")
+
+    def reads_probe(self, inputs: SelectionInputs) -> bool:
+        return False
+
+    def select(self, inputs: SelectionInputs) -> Selection:
+        self.check(inputs)
+        seed = inputs.options.seed
+        reward = inputs.all_matrices().reward_at(self.alpha, inputs.normalization)
+        return Selection(self.name, oracle_choice(reward, inputs.teachers, seed),
+                         {"alpha": self.alpha, "ties": f"drawn uniformly (compare.seed {seed})"})
 
 
 class SingleTeacherStrategy(Strategy):
