@@ -101,8 +101,12 @@ def test_routed_scores_are_stored_once_and_a_rerun_redoes_nothing(gym_run, capsy
 def test_min_quality_drops_unverified_rows_and_says_so(gym_run, tmp_path, capsys):
     import shutil
 
-    root, _, _ = gym_run
+    root, _, _ = gym_run  # `persyn export` alone scores what it filters on
     shutil.copytree(root / "run", tmp_path / "run")
+    with sqlite3.connect(tmp_path / "run" / "persyn.sqlite") as db:  # as a run made before routed rows were scored
+        gone = db.execute("DELETE FROM scores WHERE kind='quality' AND gen_key IN (SELECT key FROM generations "
+                          "WHERE prompt_id NOT IN (SELECT prompt_id FROM probe))").rowcount
+    assert gone == 28
     config = gym_config(root, run_dir=str(tmp_path / "run"), export={"min_quality": 1.0})
     main(["export", str(config), "--format", "hf"])
     run_dir = tmp_path / "run"
