@@ -77,3 +77,42 @@ def test_min_detectable_and_size_factor():
     d = paired_difference(a, b)
     assert d.size_factor == pytest.approx((d.mde / abs(d.diff)) ** 2)
     assert mean_ci(a, seed=1) != mean_ci(a, seed=2) and mean_ci(a, seed=1) == mean_ci(a, seed=1)
+
+
+def test_compare_statistics_from_records_files(tmp_path):
+    """persyn.significance reads per-item records, aligns items by id, picks the references and pairs seeds."""
+    import json
+
+    from persyn.significance import benchmark_statistics
+
+    rng = np.random.default_rng(7)
+    ids = [f"p{i}" for i in range(400)]
+    hard = rng.random(400)
+    accuracy = {"strong": 0.5, "persyn": 0.7, "teacher:a": 0.3, "teacher:b": 0.5, "base": 0.1}
+    files = {}
+    for name, acc in accuracy.items():
+        files[name] = {}
+        for seed in ([0] if name == "base" else [0, 1]):
+            path = tmp_path / f"{name}-{seed}.records.jsonl"
+            order = list(range(400)) if seed == 0 else list(range(399, -1, -1))  # items found by id, not order
+            path.write_text("".join(json.dumps({"id": ids[i], "correct": bool(hard[i] < acc)}) + "\n"
+                                    for i in order))
+            files[name][seed] = path
+    files["random"] = {0: tmp_path / "missing.records.jsonl"}  # not evaluated yet: left out quietly
+    other = tmp_path / "other.records.jsonl"
+    other.write_text(json.dumps({"id": "q0", "correct": True}) + "\n")
+    files["mix"] = {0: other}
+    st = benchmark_statistics(files, "gym", n_boot=1000)
+    assert st["items"] == 400 and st["skipped"] == ["mix"] and "random" not in st["strategies"]
+    assert st["references"] == {"strong": "strong", "best single teacher": "teacher:b"}  # b beats a
+    truth = {n: float((hard < a).mean()) for n, a in accuracy.items()}
+    for name, e in st["strategies"].items():
+        assert e["mean"] == pytest.approx(truth[name]) and e["lo"] <= e["mean"] <= e["hi"]
+    d = {(x["strategy"], x["against"]): x for x in st["differences"]}
+    assert ("base", "strong") not in d and ("strong", "strong") not in d
+    up = d[("persyn", "strong")]
+    assert up["diff"] == pytest.approx(truth["persyn"] - truth["strong"]) and up["resolved"] and up["lo"] > 0
+    assert up["paired_seeds"] and st["mde_median"] > 0
+    same = d[("strong", "best single teacher")]  # strong and teacher:b answered alike: no difference at all
+    assert same["diff"] == same["lo"] == same["hi"] == 0 and not same["resolved"]
+    assert benchmark_statistics(files, "lm_eval") is None

@@ -121,9 +121,29 @@ def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: b
         results["base"] = {"model": tcfg.model,
                            "eval": evaluate_cached(Path(resolve(tcfg.model)), benchmarks, out / "base" / "eval",
                                                    f"base:{tcfg.model}")}
+    results["statistics"] = compare_statistics(cfg, results)
     _write(out / "results.json", results)
     write_report(results, out)
     return results
+
+
+def compare_statistics(cfg: RunConfig, results: dict[str, Any]) -> dict[str, Any]:
+    """persyn.significance over every benchmark with per-item records: each strategy's interval and the paired
+    differences against strong and the best single teacher."""
+    from persyn.significance import benchmark_statistics
+
+    out = compare_dir(cfg)
+    stats = {}
+    for spec in cfg.eval.benchmarks:
+        label = spec.label or spec.name
+        files = {name: {run["seed"]: out / strategy_dirname(name) / f"seed{run['seed']}" / "eval"
+                        / f"{label}.records.jsonl" for run in entry["runs"]}
+                 for name, entry in results["strategies"].items()}
+        if results.get("base"):
+            files["base"] = {0: out / "base" / "eval" / f"{label}.records.jsonl"}
+        if (computed := benchmark_statistics(files, spec.name, seed=cfg.compare.seed)) is not None:
+            stats[label] = computed
+    return stats
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:

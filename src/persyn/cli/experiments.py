@@ -166,4 +166,24 @@ def compare_cmd(
     for name, e in results["strategies"].items():
         table.add_row(name, str(e["rows"]), str(e["generations_needed"]), str(e["tokens"]), str(len(e["runs"])))
     console.print(table)
+    for label, st in (results.get("statistics") or {}).items():
+        console.print(statistics_table(label, st))
     console.print(f"report: {compare_dir(cfg) / 'report.md'}")
+
+
+def statistics_table(label: str, st: dict) -> Table:
+    """Accuracy and 95% CI per strategy, and the paired differences against each reference (* = resolved)."""
+    refs = st["references"]
+    table = Table(title=f"{label}: accuracy over {st['items']} items and the seeds, 95% CIs (two-level bootstrap); "
+                        "differences paired, * where the CI excludes 0")
+    for c in ("strategy", "seeds", "accuracy", "95% CI", *[f"vs {k} ({v})" for k, v in refs.items()]):
+        table.add_column(c, justify="left" if c == "strategy" else "right")
+    diffs = {(d["strategy"], d["against"]): d for d in st["differences"]}
+    for name, e in st["strategies"].items():
+        cells = []
+        for k in refs:
+            d = diffs.get((name, k))
+            cells.append("-" if d is None else f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+                         f"{'*' if d['resolved'] else ''} (mde {d['mde']:.3f})")
+        table.add_row(name, str(e["seeds"]), f"{e['mean']:.3f}", f"[{e['lo']:.3f}, {e['hi']:.3f}]", *cells)
+    return table
