@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -138,3 +139,20 @@ def test_dtype_is_checked_with_its_key_path(tmp_path):
                     "generation: {dtype: bf16}\n")
     with pytest.raises(ConfigError, match="generation.dtype"):
         load_config(path)
+
+
+def test_gym_task_settings_reach_the_task_and_templates_wrap_the_prompt():
+    pytest.importorskip("reasoning_gym")
+    cfg = PromptsConfig(path="gym:chain_sum(max_terms=2,max_digits=1)+gcd:8:3", reference_field="entry",
+                        template="Q: {prompt}\nEnd with Answer:")
+    prompts = load_prompts(cfg, require_reference=True)
+    sums = [p for p in prompts if json.loads(p.reference)["task"] == "chain_sum"]
+    assert len(sums) == 4 and len(prompts) == 8
+    for p in sums:  # two one-digit terms: "a + b =" or "a - b ="
+        expr = p.text.split(":", 1)[1].split("=")[0]
+        assert len(re.findall(r"\d+", expr)) == 2 and all(len(d) == 1 for d in re.findall(r"\d+", expr))
+    assert all(p.text.startswith("Q: ") and p.text.endswith("\nEnd with Answer:") for p in prompts)
+    with pytest.raises(InputError, match="reasoning-gym task 'chain_sum'"):
+        load_prompts(PromptsConfig(path="gym:chain_sum(no_such_setting=1):4:0"))
+    with pytest.raises(InputError, match="expected key=value"):
+        load_prompts(PromptsConfig(path="gym:chain_sum(max_terms):4:0"))

@@ -245,3 +245,29 @@ def test_field_scorer():
 def test_unknown_kind():
     with pytest.raises(ConfigError, match="quality.kind"):
         make_quality_scorer(QualityConfig.model_construct(kind="nope"))
+
+
+def test_gym_quality_uses_each_tasks_own_verifier_on_one_final_answer():
+    pytest.importorskip("reasoning_gym")
+    from persyn.config import PromptsConfig
+    from persyn.prompts import load_prompts
+    from persyn.scoring.quality import gym_final_answer, make_quality_scorer
+
+    prompts = load_prompts(PromptsConfig(path="gym:family_relationships+chain_sum:2:4", reference_field="entry"))
+    fam, chain = prompts
+    fam_answer = json.loads(fam.reference)["answer"]
+    chain_answer = json.loads(chain.reference)["answer"]
+    scorer = make_quality_scorer(QualityConfig(kind="gym"))
+    responses = [f"They are related.\nAnswer: {fam_answer.upper()}",  # the task's verifier ignores case
+                 f"Step 1...\nAnswer: {chain_answer}",
+                 f"Answer: {int(chain_answer) + 1}",
+                 f"It could be {chain_answer} or {int(chain_answer) + 1}.\nAnswer: {int(chain_answer) + 1}",
+                 ""]
+    refs = [fam.reference, chain.reference, chain.reference, chain.reference, chain.reference]
+    got = scorer.score([p.text for p in (fam, chain, chain, chain, chain)], responses, refs, [None] * 5)
+    assert got == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert gym_final_answer("x\n<answer>7</answer>\nAnswer: 8") == "7"
+    assert gym_final_answer("so 3 + 4 = 7\n#### 7") == "7"
+    assert gym_final_answer("The sum is 7.\n\n**7**") == "7"
+    with pytest.raises(InputError, match="no gym entry"):
+        scorer.score(["q"], ["Answer: 1"], ["7"], [None])

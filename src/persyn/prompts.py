@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,26 +114,61 @@ def _hf_rows(spec: str) -> Iterator[tuple[int, Any]]:
     yield from enumerate(ds, start=1)
 
 
-def _gym_rows(spec: str) -> Iterator[tuple[int, Any]]:
-    """`gym:NAME[+NAME...]:SIZE[:SEED]`: problems made offline by reasoning-gym, rows {prompt, answer, task, entry}.
+_GYM_TASK = re.compile(r"^([a-z0-9_]+)(?:\((.*)\))?$")
 
+
+def _gym_value(text: str) -> Any:
+    """A task setting's value: int, float, true/false, or the text itself."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def _gym_task(text: str, spec: str) -> tuple[str, dict[str, Any]]:
+    """`NAME` or `NAME(key=value,...)`: a task and the settings of its reasoning-gym config."""
+    m = _GYM_TASK.match(text.strip())
+    if m is None:
+        raise InputError(f"bad task {text!r}: expected NAME or NAME(key=value,...)", file=spec)
+    settings: dict[str, Any] = {}
+    for pair in filter(None, (m.group(2) or "").split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"bad task setting {pair!r} in {text!r}: expected key=value", file=spec)
+        settings[key.strip()] = _gym_value(value)
+    return m.group(1), settings
+
+
+def _gym_rows(spec: str) -> Iterator[tuple[int, Any]]:
+    """`gym:TASK[+TASK...]:SIZE[:SEED]`: problems made offline by reasoning-gym, rows {prompt, answer, task, entry}.
+
+    A TASK is `NAME` or `NAME(key=value,...)` with settings of the task's config (e.g. `chain_sum(max_terms=3)`).
     `entry` is the item as JSON (task, answer, metadata): the reference that quality kind `gym` checks with the
     task's own verifier."""
-    parts = spec.removeprefix("gym:").split(":")
+    parts = spec.removeprefix("gym:").rsplit(":", 2)
+    if len(parts) == 3 and not parts[2].strip().lstrip("-").isdigit():
+        parts = [f"{parts[0]}:{parts[1]}", parts[2]]
     try:
-        names, size, seed = parts[0].split("+"), int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
+        names, size = parts[0].split("+"), int(parts[1])
+        seed = int(parts[2]) if len(parts) > 2 else 0
     except (IndexError, ValueError):
         raise InputError("expected gym:NAME[+NAME...]:SIZE[:SEED]", file=spec) from None
+    tasks = [_gym_task(n, spec) for n in names]
     try:
         import reasoning_gym
     except ImportError:
         raise InputError("gym: prompts need the reasoning-gym package (pip install 'persyn[demo]')",
                          file=spec) from None
-    per_task = [size // len(names) + (i < size % len(names)) for i in range(len(names))]
+    per_task = [size // len(tasks) + (i < size % len(tasks)) for i in range(len(tasks))]
     line = 0
-    for i, (name, n) in enumerate(zip(names, per_task, strict=True)):
+    for i, ((name, settings), n) in enumerate(zip(tasks, per_task, strict=True)):
         try:
-            dataset = reasoning_gym.create_dataset(name, size=n, seed=seed + i)
+            dataset = reasoning_gym.create_dataset(name, size=n, seed=seed + i, **settings)
         except Exception as exc:
             raise InputError(f"reasoning-gym task {name!r}: {exc}", file=spec) from None
         for item in dataset:

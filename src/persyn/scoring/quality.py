@@ -183,7 +183,7 @@ def gym_final_answer(text: str) -> str | None:
     boxed = _last_boxed(text)
     if boxed is not None:
         return boxed.strip()
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    lines = [ln.strip().strip("*").strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else None
 
 

@@ -1,0 +1,75 @@
+"""Tables of the evidence experiment (docs/results.md), read from the runs' stores and results files.
+
+    python docs/evidence/tables.py pilot [RUN_DIR]   # teacher x task accuracy of the pilot (docs/evidence/pilot.yaml)
+    python docs/evidence/tables.py dump RUN_DIR OUT  # a scored pool as recorded teachers (one JSONL per teacher)
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def _rows(run_dir: Path):
+    db = sqlite3.connect(f"file:{run_dir / 'persyn.sqlite'}?mode=ro", uri=True)
+    return db.execute(
+        "SELECT g.teacher, g.prompt_id, p.text, p.reference, g.text, g.completion_tokens, "
+        "(SELECT value FROM scores s WHERE s.gen_key = g.key AND s.kind = 'quality'), "
+        "(SELECT value FROM scores s WHERE s.gen_key = g.key AND s.kind = 'learnability') "
+        "FROM generations g JOIN prompts p ON p.id = g.prompt_id WHERE g.error IS NULL ORDER BY p.idx, g.teacher"
+    ).fetchall()
+
+
+def pilot(run_dir: Path = Path("runs/evidence/pilot")) -> dict:
+    acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    tokens: dict[str, list[int]] = defaultdict(list)
+    per_prompt: dict[str, dict[str, float]] = defaultdict(dict)
+    task_of: dict[str, str] = {}
+    for teacher, pid, _, ref, _, ntok, quality, _ in _rows(run_dir):
+        if quality is None:
+            continue
+        task = json.loads(ref)["task"]
+        task_of[pid] = task
+        acc[task][teacher].append(quality)
+        tokens[teacher].append(ntok or 0)
+        per_prompt[pid][teacher] = quality
+    teachers = sorted({t for by in acc.values() for t in by})
+    print("| task | " + " | ".join(teachers) + " | any right | winner |")
+    print("|---|" + "---|" * (len(teachers) + 2))
+    table = {}
+    for task in sorted(acc):
+        means = {t: sum(acc[task][t]) / len(acc[task][t]) for t in teachers if acc[task][t]}
+        pids = [p for p, tk in task_of.items() if tk == task]
+        any_right = sum(max(per_prompt[p].values()) for p in pids) / len(pids)
+        best = max(means.values())
+        winners = [t for t, m in means.items() if m == best]
+        table[task] = {"accuracy": means, "any_right": any_right, "n": len(pids)}
+        cells = [f"**{means[t]:.2f}**" if t in winners else f"{means[t]:.2f}" for t in teachers]
+        print(f"| {task} | " + " | ".join(cells) + f" | {any_right:.2f} | {', '.join(winners)} |")
+    overall = {t: sum(sum(acc[k][t]) for k in acc) / sum(len(acc[k][t]) for k in acc) for t in teachers}
+    print("| overall | " + " | ".join(f"{overall[t]:.2f}" for t in teachers) + " | | |")
+    print("| mean completion tokens | " + " | ".join(f"{sum(tokens[t]) / len(tokens[t]):.0f}" for t in teachers)
+          + " | | |")
+    return table
+
+
+def dump(run_dir: Path, out: Path) -> None:
+    """One recorded-teacher file per teacher: instruction, output, quality, learnability, task, entry."""
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, list[dict]] = defaultdict(list)
+    for teacher, pid, text, ref, response, ntok, quality, learn in _rows(run_dir):
+        files[teacher].append({"id": pid, "instruction": text, "output": response, "quality": quality,
+                               "learnability": learn, "completion_tokens": ntok, "entry": ref,
+                               "task": json.loads(ref)["task"] if ref else None})
+    for teacher, rows in files.items():
+        (out / f"{teacher}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                              encoding="utf-8")
+        print(f"{out / teacher}.jsonl: {len(rows)} rows")
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], [Path(a) for a in sys.argv[2:]]
+    {"pilot": pilot, "dump": dump}[cmd](*args)
