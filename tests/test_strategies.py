@@ -257,11 +257,11 @@ def test_oracle_at_other_alphas_from_the_same_scores(pool, tiny_lm_dir, tmp_path
     """oracle@ALPHA re-weighs the stored scores: @0.4 is the config's oracle, @0 the best quality, @1 the best
     learnability, with no new generation or score."""
     run, prompts, table = pool
-    names = ["oracle", "oracle@0.4", "oracle@0", "oracle@1"]
+    names = ["oracle", "oracle@0.40", "oracle@0", "oracle@1"]
     strategies = [make_strategy(n) for n in names]
     inputs = prepare_inputs(run, prompts, strategies)
     sel = {s.name: s.select(inputs).teachers for s in strategies}
-    assert sel["oracle@0.4"] == sel["oracle"]
+    assert sel["oracle@0.40"] == sel["oracle"]  # named as the config spells it
     for name, column in (("oracle@0", 0), ("oracle@1", 1)):
         assert sel[name] == [max(POOL, key=lambda t: table[(p.text, t)][column]) for p in prompts]
     assert len({tuple(v) for v in sel.values()}) == 3

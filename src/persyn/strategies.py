@@ -163,13 +163,13 @@ def make_strategy(name: str) -> Strategy:
         return SingleTeacherStrategy(name.removeprefix(TEACHER_STRATEGY))
     if name.startswith(ORACLE_AT):
         try:
-            return OracleAtStrategy(oracle_alpha(name))
+            return OracleAtStrategy(oracle_alpha(name), name)
         except ValueError:
             raise ConfigError(f"{name!r}: expected oracle@ALPHA with ALPHA in [0, 1]",
                               key="compare.strategies") from None
     if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)}, teacher:NAME; each may end "
-                          f"in {VERIFIED_SUFFIX})", key="compare.strategies")
+        raise ConfigError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)}, teacher:NAME, oracle@ALPHA; "
+                          f"each may end in {VERIFIED_SUFFIX})", key="compare.strategies")
     return STRATEGIES[name]()
 
 
@@ -210,9 +210,9 @@ class OracleAtStrategy(Strategy):
 
     needs_all_responses = True
 
-    def __init__(self, alpha: float) -> None:
+    def __init__(self, alpha: float, name: str | None = None) -> None:
         self.alpha = alpha
-        self.name = f"{ORACLE_AT}{alpha:g}"  # type: ignore[misc]
+        self.name = name or f"{ORACLE_AT}{alpha:g}"  # type: ignore[misc] - per instance, as the config spells it
 
     def check(self, inputs: SelectionInputs) -> None:
         if self.alpha < 1 and inputs.alpha >= 1:
