@@ -9,12 +9,14 @@ import pytest
 import yaml
 from test_pipeline import BEST, read_jsonl, recorded_config, recorded_pool
 
-from persyn.budget import allocate, calibrated_reward, cascade_next, probe_scales
+from persyn import budget as budget_module
+from persyn.budget import allocate, candidate_rule, cascade_next, eq2_rows, keep_best
 from persyn.cli import main
 from persyn.config import parse_config
 from persyn.errors import ConfigError
 from persyn.pipeline import open_run, rewards_for, run_stages
 from persyn.router import RidgeRouter, load_router
+from persyn.scoring.reward import reward_matrix
 
 
 def topic_data(n: int, seed: int, noise: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
@@ -74,14 +76,132 @@ def test_cascade_next_asks_only_unaccepted_prompts_within_room():
     assert cascade_next(S, [[0, 1], [0], [0]], [False, False, False], room=0) == [None, None, None]
 
 
-def test_calibrated_reward_is_independent_of_which_other_teachers_answered():
-    Q = np.array([[0.1, 0.5, 0.9], [0.2, 0.3, 0.4]])
-    L = np.array([[-2.0, -1.0, -3.0], [-1.5, -2.5, -2.0]])
-    scales = probe_scales(Q, L, "minmax")
-    assert scales == pytest.approx((0.5, 1.5))
-    full = calibrated_reward(Q[0], L[0], 0.4, scales)
-    pair = calibrated_reward(Q[0, :2], L[0, :2], 0.4, scales)
-    assert pair == pytest.approx(full[:2])  # per-prompt min-max over 2 candidates would give (0, 1) or (1, 0)
+def typed_pool(n_types: int = 6, copies: int = 8, seed: int = 0):
+    """Prompts of a few types; a type fixes every teacher's quality and (up to a per-prompt level) learnability.
+    Teachers 0 and 1 are asked, 2-4 are not. Teacher 1's quality is 0.05 higher, teacher 0's learnability 0.5
+    higher; the unasked teachers' quality is flat on even types (so quality decides: keep 1) and spans [0, 1] on
+    odd ones (learnability decides: keep 0). Returns (Q, L) of a probe holding each type once, and of held-out
+    copies of the types, learnability moved by a per-prompt level."""
+    rng = np.random.default_rng(seed)
+    base = np.arange(n_types) * 0.9 / n_types  # the asked teachers' quality tells the types apart
+    Qt = np.empty((n_types, 5))
+    Qt[:, 0], Qt[:, 1] = base, base + 0.05
+    Qt[0::2, 2:] = base[0::2, None] + [0.0, 0.02, 0.04]
+    Qt[1::2, 2:] = [0.0, 0.5, 1.0]
+    Lt = rng.normal(-2.0, 0.3, (n_types, 5))
+    Lt[:, 1] = Lt[:, 0] - 0.5
+    kinds = np.repeat(np.arange(n_types), copies)
+    level = rng.normal(0, 1.0, len(kinds))[:, None]
+    return (Qt, Lt), (Qt[kinds], Lt[kinds] + level)
+
+
+def test_keep_best_is_the_true_best_when_the_probe_predicts_the_unasked_teachers_exactly():
+    (pq, pl), (Q, L) = typed_pool()
+    R = reward_matrix(Q, L, 0.4)
+    asked = [[0, 1]] * len(Q)
+    truth = [int(np.argmax(R[i, :2])) for i in range(len(Q))]
+    rule = candidate_rule(pq, pl, 0.4, "minmax")
+    assert keep_best(rule, asked, Q, L) == truth and set(truth) == {0, 1}
+    # not a trivial choice: Eq. 2 over the two candidates alone, or one fixed scale per component, miss some
+    alone = [int(np.argmax(r)) for r in reward_matrix(Q[:, :2], L[:, :2], 0.4)]
+    qs, ls = np.ptp(pq, 1).mean(), np.ptp(pl, 1).mean()
+    fixed = [int(np.argmax(0.6 * Q[i, :2] / qs + 0.4 * L[i, :2] / ls)) for i in range(len(Q))]
+    assert alone != truth and fixed != truth
+
+
+@pytest.mark.parametrize("method", ["minmax", "zscore", "rank", "none"])
+@pytest.mark.parametrize("alpha", [0.0, 0.4, 1.0])
+def test_keep_best_with_every_teacher_asked_is_eq2(method, alpha):
+    rng = np.random.default_rng(1)
+    Q = np.round(rng.normal(size=(80, 4)), 1)  # rounding makes ties
+    L = rng.normal(size=(80, 4))
+    Q[rng.random(Q.shape) < 0.1] = np.nan  # not scored
+    empty = rng.random(Q.shape) < 0.1
+    empty[0] = True
+    R = reward_matrix(Q if alpha < 1 else np.zeros_like(Q), L if alpha > 0 else None, alpha, method, worst=empty)
+    rule = candidate_rule(Q[:40], L[:40], alpha, method, worst=empty[:40])
+    order = [list(rng.permutation(4)) for _ in range(80)]  # candidate order does not matter, but for ties
+    kept = keep_best(rule, order, Q, L, empty)
+    for i, (k, cols) in enumerate(zip(kept, order, strict=True)):
+        Rw = np.where(np.isnan(R[i]), -np.inf, R[i])
+        assert Rw[k] == Rw.max()
+        assert k == cols[int(np.argmax(Rw[cols]))]  # the earlier candidate on a tie
+    # the rows of Eq. 2 the rule completes are reward_matrix's, for every normalisation
+    Qf = np.where(empty, np.nan, Q if alpha < 1 else 0.0)
+    Lf = np.where(empty, np.nan, L if alpha > 0 else 0.0)
+    mine = eq2_rows(Qf, Lf, alpha, method)
+    ref = reward_matrix(Qf, Lf if alpha > 0 else None, alpha, method)
+    np.testing.assert_allclose(np.nan_to_num(mine, nan=-9.0), np.nan_to_num(ref, nan=-9.0), atol=1e-12)
+
+
+def test_keep_best_is_deterministic_and_ignores_which_prompts_share_a_call():
+    (pq, pl), (Q, L) = typed_pool(seed=3)
+    rule = candidate_rule(pq, pl, 0.4, "minmax")
+    rng = np.random.default_rng(0)
+    asked = [sorted(rng.choice(5, size=int(rng.integers(1, 5)), replace=False).tolist()) for _ in range(len(Q))]
+    together = keep_best(rule, asked, Q, L)
+    assert together == keep_best(rule, asked, Q, L)
+    assert together == [keep_best(rule, [a], Q[i:i + 1], L[i:i + 1])[0] for i, a in enumerate(asked)]
+    assert all(k in a for k, a in zip(together, asked, strict=True))
+
+
+def test_stage_and_frontier_keep_candidates_with_the_same_function(tmp_path, monkeypatch, tiny_lm_dir):
+    """Both call persyn.budget.keep_best: replaced by one that keeps the last candidate, both follow it."""
+    from persyn.frontier import frontier_for_split
+
+    calls = []
+
+    def last(rule, asked, quality, learnability, empty=None):
+        calls.append(len(asked))
+        return [int(c[-1]) for c in asked]
+
+    monkeypatch.setattr(budget_module, "keep_best", last)
+    (pq, pl), (Q, L) = typed_pool()
+    R = reward_matrix(Q, L, 0.4)
+    S = np.tile([0.9, 0.8, 0.1, 0.0, 0.0], (len(Q), 1))
+    rows = frontier_for_split(S, reward_matrix(pq, pl, 0.4), pq, pl, R, Q, L, 0.4, "minmax", [2.0])
+    router = next(r for r in rows if r["method"] == "router")
+    assert calls and router["mean_reward"] == pytest.approx(R[:, 1].mean())
+
+    learnability_pool(tmp_path)
+    calls.clear()
+    cfg = parse_config(budget_config(tmp_path, generation={"budget": 2}, reward={"alpha": 0.4},
+                                     student={"model": str(tiny_lm_dir)}))
+    run_stages(cfg)
+    routed = [r for r in read_jsonl(tmp_path / "run" / "routing.jsonl") if not r["probe"]]
+    assert calls and routed and all(r["teacher"] == r["candidates"][-1] for r in routed)
+
+
+def learnability_pool(tmp_path, n=60):
+    """recorded_pool, each response with a recorded learnability (no student runs)."""
+    recorded_pool(tmp_path, n=n)
+    rng = np.random.default_rng(0)
+    for teacher in BEST.values():
+        path = tmp_path / f"{teacher}.jsonl"
+        rows = [{**r, "learnability": float(rng.normal(-2, 0.5))} for r in read_jsonl(path)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_stage_keeps_what_the_rule_fitted_on_its_probe_keeps(tmp_path, tiny_lm_dir):
+    learnability_pool(tmp_path)
+    cfg = parse_config(budget_config(tmp_path, generation={"budget": 2}, reward={"alpha": 0.4},
+                                     student={"model": str(tiny_lm_dir)}))
+    run_stages(cfg)
+    routing = {r["id"]: r for r in read_jsonl(tmp_path / "run" / "routing.jsonl")}
+    run = open_run(cfg)
+    try:
+        prompts = run.store.prompts()
+        m = rewards_for(run, prompts)
+    finally:
+        run.store.close()
+    names = [t.name for t in cfg.teachers]
+    probe = [i for i, p in enumerate(prompts) if routing[p.id]["probe"]]
+    routed = [i for i, p in enumerate(prompts) if not routing[p.id]["probe"]]
+    rule = candidate_rule(m.quality[probe], m.learnability[probe], 0.4, "minmax")
+    asked = [[names.index(t) for t in routing[prompts[i].id]["candidates"]] for i in routed]
+    assert sum(len(a) > 1 for a in asked) >= 10
+    kept = keep_best(rule, asked, m.quality[routed], m.learnability[routed])
+    assert [routing[prompts[i].id]["teacher"] for i in routed] == [names[k] for k in kept]
 
 
 def budget_config(tmp_path, **over):

@@ -5,20 +5,34 @@ Extra generations go where the router is least sure: every routed prompt gets it
 top choice. In cascade mode (`accept_quality`), the next teacher is asked only while the best answer so far is below
 the accepted quality.
 
-The best candidate is kept by the same combined reward as the probe. Eq. 2 normalises quality and learnability per
-prompt across all N teachers; with k < N candidates, a per-prompt min-max over the k alone would stretch any small
-difference to the full [0, 1] range (two near-identical answers would differ by a whole point of "quality"). So each
-component is divided by its typical per-prompt spread across the N teachers on the probe instead (the mean per-prompt
-range for min-max and rank, the mean per-prompt standard deviation for z-score): a fixed, prompt-independent scale,
-so a comparison between two candidates does not depend on which other teachers answered. With all N candidates
-present, the probe's exact normalisation is used, so `budget = N` is Generate then Select.
+Which candidate to keep (`keep_best`, the one rule used by the generate stage and the frontier replay). Eq. 2
+normalises quality and learnability per prompt across all N teachers, so whether a candidate's higher quality
+outweighs another's higher learnability depends on the spread of the answers nobody asked for. A per-prompt min-max
+over the k candidates alone stretches any small difference to the whole [0, 1]; a fixed scale (the probe's typical
+spread, the rule before) ignores that the spread varies from prompt to prompt (on the AlpacaEval pool, a prompt
+where every teacher gets about the same judge score has a tiny quality range, and there learnability should decide).
+So the N - k unanswered teachers are completed from the probe, where every teacher answered: each probe prompt
+gives one completion, its own raw scores for the teachers not asked, its learnability moved by the difference
+between the asked teachers' mean learnability here and there (a prompt's responses share a log-prob level; quality
+is an absolute score and is not moved). Completions are weighted by how close the probe prompt's quality for the
+asked teachers is to the quality observed here (a Gaussian kernel of width `BANDWIDTH` probe standard deviations),
+Eq. 2 is computed over each completed row of N, and the candidate with the best expected reward is kept. With all N
+candidates present nothing is completed and the choice is Eq. 2 itself (`persyn.scoring.reward.reward_matrix`), so
+`budget = N` is Generate then Select. Deterministic: no sampling, ties go to the earlier candidate (router order).
+docs/routing.md measures it against the fixed scales and against the best of the same candidates in hindsight.
 """
 
 from __future__ import annotations
 
-import math
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
+
+from persyn.scoring.reward import reward_matrix
+
+BANDWIDTH = 0.3  # chosen by cross-validation within AlpacaEval probes (docs/routing/candidate_rule.py)
+_CHUNK = 256  # prompts completed at once (memory: chunk x probe x N)
 
 
 def extra_generations(n_prompts: int, budget: float) -> int:
@@ -63,47 +77,135 @@ def cascade_next(scores: np.ndarray, asked: list[list[int]], accepted: list[bool
     return out
 
 
-def probe_scales(quality: np.ndarray | None, learnability: np.ndarray | None,
-                 method: str) -> tuple[float, float]:
-    """Typical per-prompt spread of quality and learnability across the teachers on the probe."""
-    def spread(M: np.ndarray | None) -> float:
-        if M is None:
-            return 1.0
-        M = np.asarray(M, dtype=np.float64)
-        rows = M[(~np.isnan(M)).sum(1) >= 2]
-        if not len(rows):
-            return 1.0
-        s = np.nanstd(rows, 1) if method == "zscore" else np.nanmax(rows, 1) - np.nanmin(rows, 1)
-        value = float(np.mean(s))
-        return value if value > 1e-12 and math.isfinite(value) else 1.0
+@dataclass(frozen=True)
+class CandidateRule:
+    """What the probe says about teachers that were not asked: its raw scores [n, N] (NaN: no usable response;
+    a component that alpha does not use is zero) and the kernel width in quality units."""
 
+    quality: np.ndarray
+    learnability: np.ndarray
+    alpha: float
+    method: str
+    width: float
+
+
+def _used(values: np.ndarray | None, shape: tuple[int, ...], needed: bool) -> np.ndarray:
+    if not needed:
+        return np.zeros(shape)
+    if values is None:
+        raise ValueError("a component that reward.alpha uses has no values")
+    return np.array(values, dtype=np.float64)
+
+
+def _masked(Q: np.ndarray, L: np.ndarray, empty: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """NaN in both components wherever either is missing or the response is empty: Eq. 2 leaves those out of
+    the normalisation and they never win."""
+    bad = ~np.isfinite(Q) | ~np.isfinite(L)
+    if empty is not None:
+        bad |= np.asarray(empty, dtype=bool)
+    return np.where(bad, np.nan, Q), np.where(bad, np.nan, L)
+
+
+def candidate_rule(quality: np.ndarray | None, learnability: np.ndarray | None, alpha: float, method: str, *,
+                   worst: np.ndarray | None = None, bandwidth: float = BANDWIDTH) -> CandidateRule:
+    """The rule fitted on the probe's raw scores [n, N] (`worst`: empty responses)."""
+    ref = quality if quality is not None else learnability
+    if ref is None:
+        raise ValueError("the probe has neither quality nor learnability")
+    shape = np.shape(ref)
+    Q, L = _masked(_used(quality, shape, alpha < 1), _used(learnability, shape, alpha > 0), worst)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        std = float(np.nanstd(Q)) if np.isfinite(Q).any() else 0.0
+    return CandidateRule(Q, L, alpha, method, bandwidth * std if std > 1e-12 else 1.0)
+
+
+def keep_best(rule: CandidateRule, asked: list[list[int]], quality: np.ndarray | None,
+              learnability: np.ndarray | None, empty: np.ndarray | None = None) -> list[int]:
+    """The teacher (column) to keep for each prompt among its asked ones, from their raw scores [P, N] (other
+    columns are ignored; `empty`: empty responses). A prompt with no usable candidate keeps its first."""
+    shape = (len(asked), rule.quality.shape[1])
+    Q, L = _masked(_used(quality, shape, rule.alpha < 1), _used(learnability, shape, rule.alpha > 0), empty)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, cols in enumerate(asked):
+        groups.setdefault(tuple(int(c) for c in cols), []).append(i)
+    kept = [int(c[0]) if len(c) else -1 for c in asked]
+    for cols, rows in groups.items():
+        if not cols:
+            continue
+        A = list(cols)
+        for start in range(0, len(rows), _CHUNK):
+            idx = np.array(rows[start:start + _CHUNK])
+            value = _expected_reward(rule, A, Q[np.ix_(idx, A)], L[np.ix_(idx, A)])
+            ok = np.isfinite(value)
+            best = np.argmax(np.where(ok, value, -np.inf), 1)
+            for i, b, any_ok in zip(idx, best, ok.any(1), strict=True):
+                if any_ok:
+                    kept[i] = A[int(b)]
+    return kept
+
+
+def _expected_reward(rule: CandidateRule, A: list[int], QA: np.ndarray, LA: np.ndarray) -> np.ndarray:
+    """[m, k] expected Eq. 2 reward of the asked teachers A on m prompts, over the probe's completions."""
+    N = rule.quality.shape[1]
+    unasked = [t for t in range(N) if t not in set(A)]
+    if not unasked or not len(rule.quality):  # every teacher answered: Eq. 2 itself
+        return reward_matrix(QA, LA if rule.alpha > 0 else None, rule.alpha, rule.method)
+    PQ, PL = rule.quality, rule.learnability
+    ok = np.isfinite(QA)  # [m, k]: usable candidates
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        # kernel on quality over the candidates usable here; a probe row missing one of them is left out
+        diff = np.where(ok[:, None, :], QA[:, None, :] - PQ[None, :, A], 0.0)  # [m, n, k]
+        d2 = (diff ** 2).sum(2) / rule.width ** 2
+        d2 = np.where(np.isnan(d2), np.inf, d2)
+        lo = d2.min(1, keepdims=True)
+        w = np.where(np.isfinite(lo), np.exp(-(d2 - np.where(np.isfinite(lo), lo, 0.0)) / 2), 1.0)
+        w /= w.sum(1, keepdims=True)
+        # learnability level: mean over the usable candidates here, and over the same teachers in the probe row
+        here = np.nanmean(np.where(ok, LA, np.nan), 1)  # [m]
+        there = np.nanmean(np.where(ok[:, None, :], PL[None, :, A], np.nan), 2)  # [m, n]
+    shift = np.nan_to_num(here[:, None] - there)
+    m, n = w.shape
+    Qc = np.empty((m, n, N))
+    Lc = np.empty((m, n, N))
+    Qc[:, :, A], Lc[:, :, A] = QA[:, None, :], LA[:, None, :]
+    Qc[:, :, unasked] = PQ[None, :, unasked]
+    Lc[:, :, unasked] = PL[None, :, unasked] + shift[:, :, None]
+    r = eq2_rows(Qc, Lc, rule.alpha, rule.method)[:, :, A]  # [m, n, k]
+    return np.einsum("mn,mnk->mk", w, np.nan_to_num(r)) + np.where(ok, 0.0, np.nan)
+
+
+def eq2_rows(Q: np.ndarray, L: np.ndarray, alpha: float, method: str) -> np.ndarray:
+    """Eq. 2 (persyn.scoring.reward.combine) along the last axis of any array; NaN entries (in either component)
+    are left out of the normalisation and stay NaN."""
+    bad = np.isnan(Q) | np.isnan(L)
+    out = np.zeros(Q.shape)
+    if alpha < 1:
+        out += (1 - alpha) * _normalise_rows(np.where(bad, np.nan, Q), method)
+    if alpha > 0:
+        out += alpha * _normalise_rows(np.where(bad, np.nan, L), method)
+    return np.where(bad, np.nan, out)
+
+
+def _normalise_rows(V: np.ndarray, method: str) -> np.ndarray:
+    """persyn.scoring.reward.normalise along the last axis, NaN left out (constant: 0.5, or 0 for zscore)."""
     if method == "none":
-        return 1.0, 1.0
-    return spread(quality), spread(learnability)
-
-
-def calibrated_reward(quality: np.ndarray, learnability: np.ndarray | None, alpha: float,
-                      scales: tuple[float, float]) -> np.ndarray:
-    """Combined reward of any subset of a prompt's candidates on a fixed scale (see the module docstring)."""
-    q = np.asarray(quality, dtype=np.float64) / scales[0]
-    if alpha <= 0 or learnability is None:
-        return q
-    l_ = np.asarray(learnability, dtype=np.float64) / scales[1]
-    if alpha >= 1:
-        return l_
-    return (1 - alpha) * q + alpha * l_
-
-
-def best_candidate(quality: np.ndarray, learnability: np.ndarray | None, alpha: float, scales: tuple[float, float],
-                   *, empty: np.ndarray | None = None, full: np.ndarray | None = None) -> int:
-    """Position of the candidate to keep: by `full` (the probe's exact Eq. 2 row, when every teacher answered) or
-    else by the calibrated reward, where an empty response ranks last; an unscored candidate never wins."""
-    if full is None:
-        q = np.asarray(quality, dtype=np.float64)
-        value = calibrated_reward(q if alpha < 1 else np.zeros(len(q)), learnability if alpha > 0 else None, alpha,
-                                  scales)
-        if empty is not None:
-            value = np.where(empty, -np.inf, value)
-    else:
-        value = np.asarray(full, dtype=np.float64)
-    return int(np.argmax(np.where(np.isnan(value), -np.inf, value)))
+        return V
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanmin(V, -1, keepdims=True), np.nanmax(V, -1, keepdims=True)
+        if method == "minmax":
+            span = hi - lo
+            return np.where(span > 0, (V - lo) / np.where(span > 0, span, 1.0), 0.5)
+        if method == "zscore":
+            std = np.nanstd(V, -1, keepdims=True)
+            flat = (std == 0) | (hi == lo)
+            return np.where(flat, 0.0, (V - np.nanmean(V, -1, keepdims=True)) / np.where(flat, 1.0, std))
+    if method != "rank":
+        raise ValueError(f"unknown normalisation {method!r}")
+    less = (V[..., None, :] < V[..., :, None]).sum(-1)
+    equal = (V[..., None, :] == V[..., :, None]).sum(-1)
+    count = np.isfinite(V).sum(-1, keepdims=True)
+    ranks = (less + (equal - 1) / 2.0) / np.maximum(count - 1, 1)
+    return np.where(np.isnan(V), np.nan, np.where(count == 1, 0.5, ranks))

@@ -3,9 +3,10 @@
 For each probe seed, a probe is drawn, the router is fitted on it, and the other prompts are routed with a
 generation budget (persyn.budget): mean combined reward of the kept response (Eq. 2 over all N teachers, as the
 oracle sees it), gap captured = (routed - best single) / (oracle - best single) with the best single teacher chosen
-on the probe, Hit@1 and Hit@3 of the kept response, and generations per routed prompt. Baselines at the same
-budgets: the top-k teachers by probe mean reward (the same selection, with no router); and, as points, the best
-single teacher, a random teacher, CAR (one teacher by mean quality / (1 + beta loss), which needs all N
+on the probe, Hit@1 and Hit@3 of the kept response, generations per routed prompt, and the gap the best of the
+same candidates would capture (`candidates_best`: kept in hindsight, by the reward the rule cannot see). Baselines
+at the same budgets: the top-k teachers by probe mean reward (the same selection, with no router); and, as points,
+the best single teacher, a random teacher, CAR (one teacher by mean quality / (1 + beta loss), which needs all N
 generations) and the oracle (N generations).
 """
 
@@ -16,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from persyn.budget import allocate, best_candidate, cascade_next, probe_scales
+from persyn import budget as _budget
+from persyn.budget import allocate, cascade_next
 
 Fit = Callable[[np.ndarray, np.ndarray], Any]  # (probe rows, held-out rows) -> [held, T] router scores
 
@@ -25,12 +27,10 @@ def default_budgets(n_teachers: int) -> list[float]:
     return sorted({1.0, 1.5, 2.0, *map(float, range(3, n_teachers + 1))})
 
 
-def keep_best(cands: list[list[int]], Q: np.ndarray, L: np.ndarray, alpha: float, scales: tuple[float, float],
-              R_full: np.ndarray) -> np.ndarray:
-    """The kept teacher per prompt, by the generate stage's rule (persyn.budget.best_candidate)."""
-    T = Q.shape[1]
-    return np.array([c[best_candidate(Q[i, c], L[i, c], alpha, scales, full=R_full[i, c] if len(c) == T else None)]
-                     for i, c in enumerate(cands)], dtype=np.int64)
+def hindsight_best(cands: list[list[int]], R: np.ndarray) -> np.ndarray:
+    """The best of each prompt's candidates by the true reward (what no rule can do: it sees the other teachers)."""
+    Rw = np.where(np.isnan(R), -np.inf, R)
+    return np.array([c[int(np.argmax(Rw[i, c]))] for i, c in enumerate(cands)], dtype=np.int64)
 
 
 def point(kept: np.ndarray, R: np.ndarray, best_single: int, gens: float) -> dict[str, float]:
@@ -65,26 +65,28 @@ def cascade(S: np.ndarray, Q: np.ndarray, accept: float, budget: float) -> list[
 
 def frontier_for_split(S: np.ndarray, probe_R: np.ndarray, probe_Q: np.ndarray, probe_L: np.ndarray,
                        R: np.ndarray, Q: np.ndarray, L: np.ndarray, alpha: float, method: str,
-                       budgets: list[float], accept_quality: float | None = None) -> list[dict[str, Any]]:
+                       budgets: list[float], accept_quality: float | None = None, *,
+                       probe_empty: np.ndarray | None = None, empty: np.ndarray | None = None
+                       ) -> list[dict[str, Any]]:
     """Router and top-k-by-probe-mean rows at every budget for one probe/held-out split (and the router's
-    cascade when accept_quality is given)."""
+    cascade when accept_quality is given). The kept candidate is the generate stage's (persyn.budget.keep_best)."""
     means = np.nanmean(np.where(np.isnan(probe_R), np.nan, probe_R), 0)
     means = np.where(np.isfinite(means), means, -np.inf)
     best = int(np.argmax(means))
-    scales = probe_scales(probe_Q if alpha < 1 else None, probe_L if alpha > 0 else None, method)
-    rows = []
-    for label, scores in (("router", S), ("top-k by probe mean", np.tile(means, (len(R), 1)))):
-        for b in budgets:
-            cands = allocate(scores, b)
-            kept = keep_best(cands, Q, L, alpha, scales, R)
-            rows.append({"method": label, "budget": b,
-                         **point(kept, R, best, float(np.mean([len(c) for c in cands])))})
+    rule = _budget.candidate_rule(probe_Q, probe_L, alpha, method, worst=probe_empty)
+
+    def row(label: str, b: float, cands: list[list[int]]) -> dict[str, Any]:
+        kept = np.array(_budget.keep_best(rule, cands, Q, L, empty), dtype=np.int64)
+        found = point(kept, R, best, float(np.mean([len(c) for c in cands])))
+        found["candidates_best"] = point(hindsight_best(cands, R), R, best, 0.0)["gap_captured"]
+        return {"method": label, "budget": b, **found}
+
+    rows = [row(label, b, allocate(scores, b))
+            for label, scores in (("router", S), ("top-k by probe mean", np.tile(means, (len(R), 1))))
+            for b in budgets]
     if accept_quality is not None and alpha < 1:
-        for b in budgets:
-            cands = cascade(S, Q, accept_quality, b)
-            kept = keep_best(cands, Q, L, alpha, scales, R)
-            rows.append({"method": f"router cascade (accept quality >= {accept_quality:g})", "budget": b,
-                         **point(kept, R, best, float(np.mean([len(c) for c in cands])))})
+        rows += [row(f"router cascade (accept quality >= {accept_quality:g})", b, cascade(S, Q, accept_quality, b))
+                 for b in budgets]
     return rows
 
 
@@ -119,7 +121,9 @@ def summarise(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for (method, budget), rows in groups.items():
         row: dict[str, Any] = {"method": method, "budget": budget, "seeds": len(rows)}
         for key in ("mean_reward", "gap_captured", "hit1", "hit3", "generations_per_prompt", "best_single",
-                    "oracle"):
+                    "oracle", "candidates_best"):
+            if not all(key in r for r in rows):
+                continue
             vals = np.array([r[key] for r in rows], dtype=float)
             row[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
             if key in ("mean_reward", "gap_captured"):

@@ -414,9 +414,9 @@ def _cascade(run: Run) -> None:
 
 
 def select_candidates(run: Run) -> None:
-    """Keep each routed prompt's best candidate by the probe's combined reward (see persyn.budget for the scale)."""
-    from persyn.budget import best_candidate, probe_scales
-    from persyn.scoring.reward import reward_matrix
+    """Keep each routed prompt's best candidate by the probe's combined reward (persyn.budget.keep_best, the rule
+    the frontier replays); a failed generation counts as a teacher not asked."""
+    from persyn import budget
 
     cfg, names = run.cfg, run.teacher_names()
     multi = [(p, r) for p, r in _routed(run) if len(r.candidates) > 1]
@@ -425,28 +425,25 @@ def select_candidates(run: Run) -> None:
     prompts = [p for p, _ in multi]
     score_prompts(run, prompts, "select")
     candidates = rewards_for(run, prompts)
-    quality, learn = candidates.quality, candidates.learnability
     keys, gens = prompt_generations(run, prompts)
     probe = probe_rewards(run)
-    alpha, method = cfg.reward.alpha, cfg.reward.normalization
-    scales = probe_scales(probe.quality if alpha < 1 else None, probe.learnability if alpha > 0 else None, method)
-    updates = {}
-    for i, (p, r) in enumerate(multi):
-        cols = [names.index(t) for t in r.candidates]
-        ok = [j for j in cols if keys[i][j] in gens and gens[keys[i][j]].error is None]
-        if not ok:
-            continue
-        q, l_ = quality[i, ok], learn[i, ok]
-        empty = np.array([not (gens[keys[i][j]].text or "").strip() for j in ok])
-        full = None
-        if len(ok) == len(names):  # every teacher answered: exactly the probe's Eq. 2
-            full = reward_matrix(q[None] if alpha < 1 else np.zeros((1, len(ok))),
-                                 l_[None] if alpha > 0 else None, alpha, method, worst=empty[None])[0]
-        best = names[ok[best_candidate(q, l_, alpha, scales, empty=empty, full=full)]]
-        if best != r.teacher:
-            updates[p.id] = (best, r.candidates)
+    rule = budget.candidate_rule(probe.quality, probe.learnability, cfg.reward.alpha, cfg.reward.normalization,
+                                 worst=empty_responses(run, probe.prompts))
+    asked = [[j for j in map(names.index, r.candidates) if keys[i][j] in gens and gens[keys[i][j]].error is None]
+             for i, (_, r) in enumerate(multi)]
+    kept = budget.keep_best(rule, asked, candidates.quality, candidates.learnability,
+                            empty_responses(run, prompts))
+    updates = {p.id: (names[k], r.candidates) for (p, r), cols, k in zip(multi, asked, kept, strict=True)
+               if cols and names[k] != r.teacher}
     if updates:
         run.store.update_routes(updates)
+
+
+def empty_responses(run: Run, prompts: list[Prompt]) -> np.ndarray:
+    """[P, T]: the teacher's response exists, without error, and is blank (Eq. 2 ranks it last)."""
+    keys, gens = prompt_generations(run, prompts)
+    return np.array([[k in gens and gens[k].error is None and not (gens[k].text or "").strip() for k in row]
+                     for row in keys], dtype=bool).reshape(len(prompts), len(run.cfg.teachers))
 
 
 def export_stage(run: Run) -> None:

@@ -22,7 +22,16 @@ from persyn.config import RunConfig
 from persyn.errors import ConfigError
 from persyn.frontier import baseline_points, default_budgets, frontier_for_split, plot, summarise
 from persyn.keys import draw_probe
-from persyn.pipeline import generate_pairs, load_stage, new_router, opened_run, rewards_for, router_gain, score_prompts
+from persyn.pipeline import (
+    empty_responses,
+    generate_pairs,
+    load_stage,
+    new_router,
+    opened_run,
+    rewards_for,
+    router_gain,
+    score_prompts,
+)
 from persyn.probe import kcenter_order
 from persyn.prompts import Prompt
 from persyn.router import Embedder, routed_metrics
@@ -109,7 +118,8 @@ def router_eval(cfg: RunConfig, *, backbones: list[str] | None = None, probe_siz
         X = np.concatenate(_embed(cfg, backbones[0], pool[:max(sizes)], held))
         frontier = cost_reward_frontier(cfg, X, Q, L, R, max(sizes), kinds or opts.kinds or [cfg.router.kind],
                                         strategies or opts.probe_strategies or [cfg.probe.strategy],
-                                        opts.seeds or [opts.seed], opts.budgets or default_budgets(len(names)))
+                                        opts.seeds or [opts.seed], opts.budgets or default_budgets(len(names)),
+                                        empty=empty_responses(run, evaluated))
         out = {"teachers": names, "held_out": len(held), "alpha": cfg.reward.alpha,
                "generations_this_invocation": run.generated,
                "generations_needed": len(pairs), "results": results,
@@ -126,9 +136,10 @@ def router_eval(cfg: RunConfig, *, backbones: list[str] | None = None, probe_siz
 
 def cost_reward_frontier(cfg: RunConfig, X: np.ndarray, Q: np.ndarray, L: np.ndarray, R: np.ndarray, k: int,
                          kinds: list[str], strategies: list[str], seeds: list[int],
-                         budgets: list[float]) -> list[dict[str, Any]]:
+                         budgets: list[float], empty: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Frontier rows (mean and spread over probe seeds) for each router kind and probe strategy; the probe is k
-    of the given prompts, the rest are held out."""
+    of the given prompts, the rest are held out (`empty`: empty responses, [P, T])."""
+    empty = np.zeros(R.shape, dtype=bool) if empty is None else np.asarray(empty, dtype=bool)
     per_seed = []
     for seed in seeds:
         rows: list[dict[str, Any]] = []
@@ -140,7 +151,8 @@ def cost_reward_frontier(cfg: RunConfig, X: np.ndarray, Q: np.ndarray, L: np.nda
                 router.fit(X[probe], R[probe])
                 found = frontier_for_split(router.scores(X[held]), R[probe], Q[probe], L[probe], R[held], Q[held],
                                            L[held], cfg.reward.alpha, cfg.reward.normalization, budgets,
-                                           cfg.generation.accept_quality)
+                                           cfg.generation.accept_quality, probe_empty=empty[probe],
+                                           empty=empty[held])
                 for row in found:
                     if row["method"].startswith("router"):
                         row["method"] = f"persyn {kind} ({strategy} probe)" + row["method"][len("router"):]

@@ -58,13 +58,13 @@ def router_eval_cmd(
     f = result["frontier"]
     table = Table(title=f"cost-reward frontier: probe {f['probe_size']}, {f['held_out']} held-out prompts, "
                         f"{f['rows'][0]['seeds']} probe seed(s); mean (std) over seeds")
-    for title in ("method", "gens/prompt", "reward", "gap captured", "min gap", "Hit@1", "Hit@3"):
+    for title in ("method", "gens/prompt", "reward", "gap captured", "min gap", "best of cands", "Hit@1", "Hit@3"):
         table.add_column(title, justify="left" if title == "method" else "right")
     for r in sorted(f["rows"], key=lambda r: (r["method"], r["budget"])):
         table.add_row(r["method"], f"{r['generations_per_prompt']:.2f}",
                       f"{r['mean_reward']:.4f} ({r['mean_reward_std']:.4f})",
                       f"{r['gap_captured']:+.3f} ({r['gap_captured_std']:.3f})", f"{r['gap_captured_min']:+.3f}",
-                      _fmt(r["hit1"]), _fmt(r["hit3"]))
+                      _fmt(r.get("candidates_best")), _fmt(r["hit1"]), _fmt(r["hit3"]))
     console.print(table)
     console.print(f"generations: {result['generations_this_invocation']} new, {result['generations_needed']} needed; "
                   f"written to {out or cfg.path / 'router_eval.json'}")
