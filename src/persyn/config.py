@@ -203,6 +203,23 @@ class QualityConfig(Strict):
         "reward_model: tokens of (prompt, response) scored; part of the key."))
     trust_remote_code: bool = Field(default=False, description="reward_model: allow the model's own Python code.")
 
+    @property
+    def model_free(self) -> bool:
+        """Scored without a model (an answer check or a recorded field): cheap enough to score every response."""
+        return self.kind in MODEL_FREE_QUALITY
+
+
+MODEL_FREE_QUALITY = ("math_answer", "gym", "field")
+
+
+class ExportConfig(Strict):
+    min_quality: float | None = Field(default=None, description=(
+        "Verified filtering (rejection sampling): keep only dataset rows whose quality is at least this (1: a "
+        "verified correct answer for math_answer and gym). Rows whose quality is unknown (a recorded response "
+        "without its field) are dropped too, as unverified. The dropped counts go into summary.json, the report "
+        "and the card. Every routed response is then scored for quality, with any kind (model-free kinds always "
+        "are). None: keep every row."))
+
 
 class RewardConfig(Strict):
     alpha: float = Field(default=0.4, ge=0, le=1, description=(
@@ -284,6 +301,29 @@ class RouterConfig(Strict):
 
 
 STRATEGY_NAMES = ("persyn", "oracle", "strong", "family-strong", "mix", "car", "random")
+TEACHER_STRATEGY = "teacher:"  # `teacher:NAME`: that one teacher for every prompt
+VERIFIED_SUFFIX = "+verified"  # `NAME+verified`: that strategy's rows, those below export.min_quality dropped
+
+
+ORACLE_AT = "oracle@"  # `oracle@ALPHA`: Generate-then-Select by the combined reward at that alpha
+
+
+def strategy_base(name: str) -> str:
+    """The selection rule a strategy name names: `teacher:` for every single teacher, `oracle@` for the oracle at
+    any alpha, the `+verified` suffix dropped."""
+    base = name.removesuffix(VERIFIED_SUFFIX)
+    for prefix in (TEACHER_STRATEGY, ORACLE_AT):
+        if base.startswith(prefix):
+            return prefix
+    return base
+
+
+def oracle_alpha(name: str) -> float:
+    """The alpha of `oracle@ALPHA` (ValueError unless a number in [0, 1])."""
+    alpha = float(name.removesuffix(VERIFIED_SUFFIX).removeprefix(ORACLE_AT))
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"{name!r}: alpha must lie in [0, 1]")
+    return alpha
 
 
 class RouterEvalConfig(Strict):
@@ -309,7 +349,11 @@ class CompareConfig(Strict):
     """`persyn compare`: datasets from each selection strategy, one student trained and evaluated per strategy."""
 
     strategies: list[str] = Field(default_factory=lambda: ["persyn", "strong", "mix", "random"], description=(
-        "Selection strategies, each gives one dataset: persyn, oracle, strong, family-strong, mix, car, random."))
+        "Selection strategies, each gives one dataset: persyn, oracle, strong, family-strong, mix, car, random, "
+        "`teacher:NAME` (that teacher alone on every prompt), `oracle@ALPHA` (the oracle by the combined reward at "
+        "that alpha, e.g. oracle@0 for quality alone: alpha 0 needs quality, so reward.alpha < 1, and alpha > 0 "
+        "needs learnability, so reward.alpha > 0); any of them with `+verified` appended keeps only the rows whose "
+        "quality reaches export.min_quality (e.g. `persyn+verified`)."))
     strong_teacher: str | None = Field(default=None, description=(
         "The strong baseline's teacher; None: the highest mean probe quality."))
     weak_teacher: str | None = Field(default=None, description=(
@@ -331,8 +375,14 @@ class CompareConfig(Strict):
     @classmethod
     def _known(cls, names: list[str] | None) -> list[str] | None:
         for n in names or []:
-            if n not in STRATEGY_NAMES:
-                raise ValueError(f"unknown strategy {n!r} (known: {', '.join(STRATEGY_NAMES)})")
+            if strategy_base(n) not in (*STRATEGY_NAMES, TEACHER_STRATEGY, ORACLE_AT):
+                raise ValueError(f"unknown strategy {n!r} (known: {', '.join(STRATEGY_NAMES)}, teacher:NAME, "
+                                 f"oracle@ALPHA; each may end in {VERIFIED_SUFFIX})")
+            if strategy_base(n) == ORACLE_AT:
+                try:
+                    oracle_alpha(n)
+                except ValueError:
+                    raise ValueError(f"{n!r}: expected oracle@ALPHA with ALPHA in [0, 1]") from None
         return names
 
     @field_validator("seeds")
@@ -369,11 +419,12 @@ class TrainSection(Strict):
 
 
 class BenchmarkSpec(BaseModel):
-    """One benchmark: `name` (gsm8k, ifeval, lm_eval), optional `label`, and the eval function's arguments."""
+    """One benchmark: `name` (gsm8k, gym, ifeval, lm_eval), optional `label`, and the eval function's arguments."""
 
     model_config = ConfigDict(extra="allow")
     name: str = Field(description=(
-        "The benchmark: gsm8k, ifeval or lm_eval; further keys are the eval function's arguments."))
+        "The benchmark: gsm8k, gym (`items: gym:TASK+TASK:N:SEED`, optional `template`, `exclude_prompts_path`), "
+        "ifeval or lm_eval; further keys are the eval function's arguments (persyn.eval)."))
     label: str | None = Field(default=None, description="The name results are reported under; None: `name`.")
 
 
@@ -408,6 +459,8 @@ class RunConfig(Strict):
         "Student fine-tuning settings shared by every strategy."))
     eval: EvalSection = Field(default_factory=EvalSection, description=(
         "Benchmarks for `persyn compare` and `persyn eval`."))
+    export: ExportConfig = Field(default_factory=ExportConfig, description=(
+        "What goes into the dataset: verified filtering."))
 
     @field_validator("teachers")
     @classmethod
@@ -429,6 +482,13 @@ class RunConfig(Strict):
 
     def teacher(self, name: str) -> TeacherConfig:
         return next(t for t in self.teachers if t.name == name)
+
+    @property
+    def scores_routed_quality(self) -> bool:
+        """Whether every routed response gets a quality score, not only the probe's: when the kind needs no
+        model (so the dataset, summary and report say how many routed rows are right), or when
+        export.min_quality filters on it. Never at alpha 1, which computes no quality."""
+        return self.reward.alpha < 1 and (self.quality.model_free or self.export.min_quality is not None)
 
     @property
     def path(self) -> Path:
@@ -474,6 +534,18 @@ def _check_settings(cfg: RunConfig, source: str | None) -> None:
     if g.accept_quality is not None and cfg.reward.alpha >= 1:
         raise ConfigError("needs a quality scorer to judge answers, but reward.alpha = 1 never computes quality",
                           key="generation.accept_quality", file=source)
+    if cfg.export.min_quality is not None and cfg.reward.alpha >= 1:
+        raise ConfigError("needs a quality scorer to verify rows, but reward.alpha = 1 never computes quality",
+                          key="export.min_quality", file=source)
+    teachers = {t.name for t in cfg.teachers}
+    for name in cfg.compare.strategies + (cfg.compare.seeds_for or []):
+        base = name.removesuffix(VERIFIED_SUFFIX)
+        if base.startswith(TEACHER_STRATEGY) and base.removeprefix(TEACHER_STRATEGY) not in teachers:
+            raise ConfigError(f"{name!r} names no teacher (teachers: {', '.join(sorted(teachers))})",
+                              key="compare.strategies", file=source)
+        if name.endswith(VERIFIED_SUFFIX) and cfg.export.min_quality is None:
+            raise ConfigError(f"{name!r} drops rows below export.min_quality: set it (e.g. 1)",
+                              key="export.min_quality", file=source)
     if cfg.probe.max_size is not None and cfg.probe.strategy != "adaptive":
         raise ConfigError("only probe.strategy 'adaptive' grows the probe", key="probe.max_size", file=source)
 

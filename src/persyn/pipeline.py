@@ -403,6 +403,13 @@ def generate_stage(run: Run) -> None:
     else:
         _cascade(run)
     select_candidates(run)
+    score_routed(run)
+
+
+def score_routed(run: Run) -> None:
+    """Quality of every routed response the store lacks, when RunConfig.scores_routed_quality."""
+    if run.cfg.scores_routed_quality:
+        score_prompts(run, [p for p, _ in _routed(run)], "routed", kinds=("quality",))
 
 
 def _routed(run: Run) -> list[tuple[Prompt, Route]]:
@@ -470,6 +477,7 @@ def empty_responses(run: Run, prompts: list[Prompt]) -> np.ndarray:
 def export_stage(run: Run) -> None:
     from persyn.export import export_run
 
+    score_routed(run)  # nothing to do after the generate stage; `persyn export` alone on an older run needs it
     run.summary = export_run(run)
 
 

@@ -84,6 +84,17 @@ class RewardMatrices:
     quality: np.ndarray
     learnability: np.ndarray
     reward: np.ndarray
+    empty: np.ndarray | None = None  # [P, T] True where the response is empty (scored worst); None: unknown
+
+    def reward_at(self, alpha: float, method: str) -> np.ndarray:
+        """Eq. 2 at another alpha from the same raw scores (quality needed when alpha < 1, learnability when
+        alpha > 0; missing ones give NaN, as in `reward`)."""
+        from persyn.scoring.reward import reward_matrix
+
+        present = np.isfinite(self.reward)
+        q_in = np.where(present, self.quality, np.nan) if alpha < 1 else np.where(present, 0.0, np.nan)
+        l_in = np.where(present, self.learnability, np.nan) if alpha > 0 else None
+        return reward_matrix(q_in, l_in, alpha, method, worst=self.empty)
 
 
 def probe_prompts(run: Run) -> list[Prompt]:
@@ -124,7 +135,7 @@ def rewards_for(run: Run, prompts: list[Prompt]) -> RewardMatrices:
     q_in = np.where(present, quality, np.nan) if cfg.reward.alpha < 1 else np.where(present, 0.0, np.nan)
     l_in = np.where(present, learn, np.nan) if cfg.reward.alpha > 0 else None
     rewards = reward_matrix(q_in, l_in, cfg.reward.alpha, cfg.reward.normalization, worst=empty)
-    return RewardMatrices(list(prompts), quality, learn, rewards)
+    return RewardMatrices(list(prompts), quality, learn, rewards, empty)
 
 
 def _num(v: float | None) -> float:

@@ -5,18 +5,24 @@ chosen response the store lacks in one pass, and write one dataset per strategy 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from persyn.config import TeacherConfig
+from persyn.config import VERIFIED_SUFFIX, TeacherConfig, strategy_base
 from persyn.pipeline import generate_pairs, score_prompts
 from persyn.prompts import Prompt
 from persyn.run import Run, probe_rewards, rewards_for
 from persyn.strategies import Selection, SelectionInputs, Strategy, make_strategy, selected_rewards
 
 Pair = tuple[Prompt, TeacherConfig]
+
+
+def strategy_dirname(name: str) -> str:
+    """A strategy's folder under compare/: its name, with what a path should not hold (`teacher:a/b`) as `_`."""
+    return re.sub(r"[^\w.+-]", "_", name)
 
 
 def prepare_inputs(run: Run, prompts: list[Prompt], strategies: list[Strategy]) -> SelectionInputs:
@@ -63,19 +69,23 @@ def selection_cost(run: Run, keys: set[str]) -> dict[str, Any]:
             "tokens": sum(g.completion_tokens for g in gens), "cost": round(cost, 6)}
 
 
-def write_dataset(run: Run, prompts: list[Prompt], selection: Selection,
-                  out_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """out_dir/dataset.jsonl from the stored chosen responses; (its rows, ids of the prompts left out)."""
+def write_dataset(run: Run, prompts: list[Prompt], selection: Selection, out_dir: Path,
+                  drop: frozenset[str] = frozenset()) -> tuple[list[dict[str, Any]], list[str]]:
+    """out_dir/dataset.jsonl from the stored chosen responses, without the prompts in `drop`; (its rows, ids of
+    the prompts left out for want of a response)."""
     pairs = chosen_pairs(run, prompts, selection)
     gens = run.store.generations(run.keys.generation(t, p) for p, t in pairs)
     probe_ids = run.store.probe_ids()
     rows, missing = [], [p.id for p, n in zip(prompts, selection.teachers, strict=True) if n is None]
+    persyn = strategy_base(selection.strategy) == "persyn"
     for p, t in pairs:
         g = gens.get(run.keys.generation(t, p))
         if g is None or g.error is not None:
             missing.append(p.id)
             continue
-        source = ("probe" if p.id in probe_ids else "routed") if selection.strategy == "persyn" else selection.strategy
+        if p.id in drop:
+            continue
+        source = ("probe" if p.id in probe_ids else "routed") if persyn else selection.strategy
         rows.append({"id": p.id, "messages": [{"role": "user", "content": p.text},
                                               {"role": "assistant", "content": g.text}],
                      "teacher": t.name, "source": source})
@@ -94,11 +104,13 @@ def build_datasets(run: Run, prompts: list[Prompt], inputs: SelectionInputs, sel
     summaries = {}
     for name, selection in selections.items():
         strategy = make_strategy(name)
-        out_dir = out_root / name
-        rows, missing = write_dataset(run, prompts, selection, out_dir)
+        out_dir = out_root / strategy_dirname(name)
+        drop = below_min_quality(run, prompts, selection) if name.endswith(VERIFIED_SUFFIX) else frozenset()
+        rows, missing = write_dataset(run, prompts, selection, out_dir, drop)
         counts = Counter(r["teacher"] for r in rows)
         summary = {
             "strategy": name, "rows": len(rows), "missing": missing,
+            **({"dropped_below_min_quality": len(drop)} if name.endswith(VERIFIED_SUFFIX) else {}),
             "teacher_counts": {n: counts.get(n, 0) for n in run.teacher_names()},
             "needs_all_responses": strategy.needs_all_responses,
             **selection_cost(run, needed_keys(run, prompts, selection, strategy, inputs)),
@@ -107,6 +119,24 @@ def build_datasets(run: Run, prompts: list[Prompt], inputs: SelectionInputs, sel
         (out_dir / "selection.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
         summaries[name] = summary
     return summaries
+
+
+def below_min_quality(run: Run, prompts: list[Prompt], selection: Selection) -> frozenset[str]:
+    """Ids of the prompts whose chosen response's quality is below export.min_quality, or unknown (unverified);
+    the chosen responses are scored first where the store lacks their quality."""
+    pairs = chosen_pairs(run, prompts, selection)
+    score_prompts(run, [p for p, _ in pairs], "verify", kinds=("quality",))
+    keys = {p.id: run.keys.generation(t, p) for p, t in pairs}
+    done = run.store.done_keys(keys.values())  # a failed generation is missing, not dropped
+    quality = run.store.scores("quality", run.keys.quality_scorer, done)
+    threshold = run.cfg.export.min_quality
+    assert threshold is not None  # VerifiedStrategy.check
+
+    def verified(k: str) -> bool:
+        q = quality.get(k)
+        return q is not None and q >= threshold
+
+    return frozenset(pid for pid, k in keys.items() if k in done and not verified(k))
 
 
 def select_and_build(run: Run, prompts: list[Prompt], names: list[str],

@@ -53,6 +53,9 @@ def pending_work(cfg: RunConfig, store: Store, keys: Keys, prompts: list[Prompt]
     needed = {keys.generation(teachers[name], p): name for p in prompts if p.id in routing
               and not routing[p.id].probe for name in routing[p.id].candidates if name in teachers}
     gdone = store.done_keys(needed)
+    if out.quality is not None and cfg.scores_routed_quality:  # routed responses are scored too
+        q = store.scores("quality", keys.quality_scorer, sorted(gdone))
+        out.quality = Counts(out.quality.done + len(q), out.quality.pending + len(gdone - set(q)))
     out.routed_by_teacher.update(name for k, name in needed.items() if k not in gdone)
     out.unrouted = sum(1 for p in prompts if p.id not in probe_ids and p.id not in routing)
     out.generate = Counts(len(gdone), len(set(needed) - gdone) + out.unrouted)

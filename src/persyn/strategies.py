@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from persyn.config import CompareConfig, RunConfig
+from persyn.config import ORACLE_AT, TEACHER_STRATEGY, VERIFIED_SUFFIX, CompareConfig, RunConfig, oracle_alpha
 from persyn.errors import ConfigError, PersynError
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ class SelectionInputs:
     alpha: float
     options: CompareConfig
     n_prompts: int
+    min_quality: float | None = None  # export.min_quality, for the `+verified` strategies
+    normalization: str = "minmax"  # reward.normalization, for `oracle@ALPHA`
     probe: RewardMatrices | None = None  # every teacher on the probe prompts
     everything: RewardMatrices | None = None  # every teacher on every prompt (Generate-then-Select)
     routes: list[str | None] | None = None  # the router's teacher per prompt as `persyn run` stored it; None: unrouted
@@ -43,7 +45,8 @@ class SelectionInputs:
     def from_config(cls, cfg: RunConfig, n_prompts: int) -> SelectionInputs:
         return cls(teachers=[t.name for t in cfg.teachers], families={t.name: t.family for t in cfg.teachers},
                    student_family=cfg.student.family if cfg.student is not None else None,
-                   alpha=cfg.reward.alpha, options=cfg.compare, n_prompts=n_prompts)
+                   alpha=cfg.reward.alpha, options=cfg.compare, n_prompts=n_prompts,
+                   min_quality=cfg.export.min_quality, normalization=cfg.reward.normalization)
 
     def teacher(self, name: str, key: str) -> str:
         if name not in self.teachers:
@@ -75,10 +78,20 @@ def argmax_or_none(row: np.ndarray) -> int | None:
     return None if not np.isfinite(row).any() else int(np.nanargmax(row))
 
 
-def oracle_choice(reward: np.ndarray, teachers: list[str]) -> list[str | None]:
-    """Per prompt, the teacher whose response has the highest combined reward [P, T] (None: no usable one)."""
-    picks = [argmax_or_none(row) for row in reward]
-    return [None if i is None else teachers[i] for i in picks]
+def oracle_choice(reward: np.ndarray, teachers: list[str], seed: int | None = None) -> list[str | None]:
+    """Per prompt, the teacher whose response has the highest combined reward [P, T] (None: no usable one).
+
+    Exact ties go to the teacher listed first, or with a `seed` to one of the tied teachers drawn uniformly
+    (seeded per prompt index). Ties are the rule at alpha = 0 with a 0/1 quality: every correct (or every wrong)
+    response gets the same reward, and the config's teacher order says nothing about which to keep."""
+    out: list[str | None] = []
+    for i, row in enumerate(reward):
+        best = argmax_or_none(row)
+        if best is not None and seed is not None:
+            tied = np.flatnonzero(row == row[best])
+            best = int(tied[random.Random(f"oracle:{seed}:{i}").randrange(len(tied))]) if len(tied) > 1 else best
+        out.append(None if best is None else teachers[best])
+    return out
 
 
 def teacher_strength(probe: RewardMatrices, teachers: list[str]) -> dict[str, float]:
@@ -144,8 +157,19 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
 
 
 def make_strategy(name: str) -> Strategy:
+    if name.endswith(VERIFIED_SUFFIX):
+        return VerifiedStrategy(make_strategy(name.removesuffix(VERIFIED_SUFFIX)))
+    if name.startswith(TEACHER_STRATEGY):
+        return SingleTeacherStrategy(name.removeprefix(TEACHER_STRATEGY))
+    if name.startswith(ORACLE_AT):
+        try:
+            return OracleAtStrategy(oracle_alpha(name), name)
+        except ValueError:
+            raise ConfigError(f"{name!r}: expected oracle@ALPHA with ALPHA in [0, 1]",
+                              key="compare.strategies") from None
     if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})", key="compare.strategies")
+        raise ConfigError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)}, teacher:NAME, oracle@ALPHA; "
+                          f"each may end in {VERIFIED_SUFFIX})", key="compare.strategies")
     return STRATEGIES[name]()
 
 
@@ -174,7 +198,82 @@ class OracleStrategy(Strategy):
         return False
 
     def select(self, inputs: SelectionInputs) -> Selection:
-        return Selection(self.name, oracle_choice(inputs.all_matrices().reward, inputs.teachers))
+        seed = inputs.options.seed
+        return Selection(self.name, oracle_choice(inputs.all_matrices().reward, inputs.teachers, seed),
+                         {"alpha": inputs.alpha, "ties": f"drawn uniformly (compare.seed {seed})"})
+
+
+class OracleAtStrategy(Strategy):
+    """`oracle@ALPHA`: the oracle by Eq. 2 at this alpha instead of reward.alpha, from the same stored scores, so
+    one compare holds Generate-then-Select at several alphas on the same responses. Exact ties are drawn as for
+    `oracle`; at alpha 0 with a 0/1 quality that is the rule among the correct answers."""
+
+    needs_all_responses = True
+
+    def __init__(self, alpha: float, name: str | None = None) -> None:
+        self.alpha = alpha
+        self.name = name or f"{ORACLE_AT}{alpha:g}"  # type: ignore[misc] - per instance, as the config spells it
+
+    def check(self, inputs: SelectionInputs) -> None:
+        if self.alpha < 1 and inputs.alpha >= 1:
+            raise ConfigError(f"{self.name} needs quality, which reward.alpha = 1 never computes", key="reward.alpha")
+        if self.alpha > 0 and inputs.alpha <= 0:
+            raise ConfigError(f"{self.name} needs the student's learnability, which reward.alpha = 0 never "
+                              "computes", key="reward.alpha")
+
+    def reads_probe(self, inputs: SelectionInputs) -> bool:
+        return False
+
+    def select(self, inputs: SelectionInputs) -> Selection:
+        self.check(inputs)
+        seed = inputs.options.seed
+        reward = inputs.all_matrices().reward_at(self.alpha, inputs.normalization)
+        return Selection(self.name, oracle_choice(reward, inputs.teachers, seed),
+                         {"alpha": self.alpha, "ties": f"drawn uniformly (compare.seed {seed})"})
+
+
+class SingleTeacherStrategy(Strategy):
+    """`teacher:NAME`: that one teacher answers every prompt (the pool's single-teacher baselines)."""
+
+    def __init__(self, teacher: str) -> None:
+        self.teacher_name = teacher
+        self.name = TEACHER_STRATEGY + teacher  # type: ignore[misc] - per instance, not per class
+
+    def check(self, inputs: SelectionInputs) -> None:
+        inputs.teacher(self.teacher_name, "compare.strategies")
+
+    def reads_probe(self, inputs: SelectionInputs) -> bool:
+        return False
+
+    def select(self, inputs: SelectionInputs) -> Selection:
+        self.check(inputs)
+        return Selection(self.name, [self.teacher_name] * inputs.n_prompts, {"teacher": self.teacher_name})
+
+
+class VerifiedStrategy(Strategy):
+    """`NAME+verified`: strategy NAME's choice, then only the rows whose quality reaches export.min_quality
+    (rejection sampling; persyn.selection scores the chosen responses and drops the others)."""
+
+    def __init__(self, base: Strategy) -> None:
+        self.base = base
+        self.name = base.name + VERIFIED_SUFFIX  # type: ignore[misc]
+        self.needs_all_responses = base.needs_all_responses  # type: ignore[misc]
+
+    def check(self, inputs: SelectionInputs) -> None:
+        if inputs.min_quality is None:
+            raise ConfigError(f"{self.name!r} drops rows below export.min_quality: set it (e.g. 1)",
+                              key="export.min_quality")
+        if inputs.alpha >= 1:
+            raise ConfigError("verified rows need quality, but reward.alpha = 1 never computes it",
+                              key="reward.alpha")
+        self.base.check(inputs)
+
+    def reads_probe(self, inputs: SelectionInputs) -> bool:
+        return self.base.reads_probe(inputs)
+
+    def select(self, inputs: SelectionInputs) -> Selection:
+        chosen = self.base.select(inputs)
+        return Selection(self.name, chosen.teachers, {**chosen.info, "min_quality": inputs.min_quality})
 
 
 def strong_teacher(inputs: SelectionInputs) -> str:
