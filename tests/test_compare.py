@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from persyn.cli import main
@@ -23,8 +24,11 @@ def tiny_example(tmp_path, shared_data, tiny_lm_dir) -> Path:
     data["student"] = {"model": str(tiny_lm_dir), "max_length": 256}
     data["router"] = {"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 10}}
     data["train"] = {"max_steps": 2, "batch_size": 2, "max_length": 128}
+    data["compare"]["strategies"].append("teacher:gemma-2b-it")
+    data["eval"]["benchmarks"].append({"name": "gym", "items": "gym:basic_arithmetic+chain_sum:6:9"})
     for bench in data["eval"]["benchmarks"]:
         bench.update(n=2, max_new_tokens=8)
+    data["eval"]["benchmarks"][-1]["n"] = 6
     path = tmp_path / "compare.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -37,14 +41,15 @@ def test_tiny_compare_trains_evaluates_reports_and_resumes(tmp_path, shared_data
     out = tmp_path / "run" / "compare"
     results = json.loads((out / "results.json").read_text())
     strategies = results["strategies"]
-    assert list(strategies) == ["persyn", "oracle", "strong", "mix", "car", "random"]
+    assert list(strategies) == ["persyn", "oracle", "strong", "mix", "car", "random", "teacher:gemma-2b-it"]
     for name, entry in strategies.items():
-        rows = (out / name / "dataset.jsonl").read_text().splitlines()
+        rows = (out / name.replace(":", "_") / "dataset.jsonl").read_text().splitlines()
         assert len(rows) == entry["rows"] == 24  # same prompts, same size
         assert len(entry["runs"]) == (2 if name in ("persyn", "strong") else 1)
         for run in entry["runs"]:
             assert run["steps"] == 2
-            assert set(run["eval"]) == {"ifeval", "gsm8k"} and run["eval"]["gsm8k"]["n"] == 2
+            assert set(run["eval"]) == {"ifeval", "gsm8k", "gym"} and run["eval"]["gsm8k"]["n"] == 2
+    assert strategies["teacher:gemma-2b-it"]["teacher_counts"]["gemma-2b-it"] == 24
     assert strategies["oracle"]["generations_needed"] == 24 * 3 and strategies["oracle"]["needs_all_responses"]
     assert strategies["random"]["generations_needed"] == 24
     assert strategies["persyn"]["generations_needed"] == 12 * 3 + 12
@@ -60,7 +65,28 @@ def test_tiny_compare_trains_evaluates_reports_and_resumes(tmp_path, shared_data
                                                                    "model", out / "persyn" / "seed1" / "model")}
     assert again.train_loss == p0 and weights[tmp_path / "again"] == weights[out / "persyn" / "seed0" / "model"]
     assert p0 != p1 and weights[out / "persyn" / "seed1" / "model"] != weights[out / "persyn" / "seed0" / "model"]
+    # Statistics from the per-item records: every strategy and the base model, paired differences against strong
+    # and the best (here the only) single teacher, each with its smallest resolvable difference.
+    stats = results["statistics"]
+    assert set(stats) == {"ifeval", "gsm8k", "gym"} and stats["gym"]["items"] == 6
+    gym = stats["gym"]
+    assert set(gym["strategies"]) == set(strategies) | {"base"}
+    assert gym["strategies"]["persyn"]["seeds"] == 2 and gym["strategies"]["random"]["seeds"] == 1
+    assert gym["references"] == {"strong": "strong", "best single teacher": "teacher:gemma-2b-it"}
+    pairs = {(d["strategy"], d["against"]) for d in gym["differences"]}
+    assert ("persyn", "strong") in pairs and ("persyn", "best single teacher") in pairs
+    assert ("strong", "strong") not in pairs and len(pairs) == 2 * len(strategies) - 2
+    for d in gym["differences"]:
+        assert d["lo"] <= d["diff"] <= d["hi"] and d["mde"] >= 0
+        two = {"persyn", "strong"}  # trained with seeds 0 and 1, the others with 0: paired only within a group
+        assert d["paired_seeds"] == ((d["strategy"] in two) == (d["reference"] in two))
+    records = [json.loads(line) for line in (out / "persyn" / "seed0" / "eval" / "gym.records.jsonl")
+               .read_text().splitlines()]
+    assert stats["gym"]["strategies"]["persyn"]["mean"] == pytest.approx(
+        (sum(r["correct"] for r in records) + sum(json.loads(line)["correct"] for line in (
+            out / "persyn" / "seed1" / "eval" / "gym.records.jsonl").read_text().splitlines())) / 12)
     report = (out / "report.md").read_text()
+    assert "### gym (6 items)" in report and "| persyn | strong (strong) |" in report
     assert "| strategy | ifeval prompt_level_strict_acc | ifeval inst_level_loose_acc | gsm8k accuracy |" in report
     assert "± " in report  # two seeds give a spread
     for png in ("teacher_shares.png", "reward_distributions.png", "cost_vs_score.png"):
@@ -68,7 +94,7 @@ def test_tiny_compare_trains_evaluates_reports_and_resumes(tmp_path, shared_data
     # Resume: nothing is trained or evaluated again.
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("train_result.json")} | \
              {p: p.stat().st_mtime_ns for p in out.rglob("*.done.json")}
-    assert len(stamps) == 8 + 8 * 2 + 2  # 8 trainings, 2 benchmarks each, and the base model
+    assert len(stamps) == 9 + 9 * 3 + 3  # 9 trainings, 3 benchmarks each, and the base model
     main(["compare", str(config)])
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     again = json.loads((out / "results.json").read_text())["strategies"]
@@ -87,14 +113,16 @@ def test_train_and_eval_commands(tmp_path, tiny_lm_dir, shared_data, capsys):
     assert "trained 2 steps" in capsys.readouterr().out
     assert (out / "model.safetensors").is_file()
     main(["eval", str(out), "--output-dir", str(tmp_path / "ev"), "--gsm8k", str(shared_data / "gsm8k" / "test.jsonl"),
-          "--n", "2", "--max-new-tokens", "4"])
+          "--gym", "gym:basic_arithmetic:3:1", "--gym-template", "{prompt} Answer with a number.",
+          "--exclude-prompts", str(dataset), "--n", "2", "--max-new-tokens", "4"])
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["results"]["gsm8k"]["n"] == 2
+    gym = summary["results"]["gym"]
+    assert gym["n"] == 2 and gym["excluded"] == 0 and gym["template"] == "{prompt} Answer with a number."
+    assert set(gym["per_task"]) == {"basic_arithmetic"} and (tmp_path / "ev" / "gym.records.jsonl").is_file()
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_lm_dir, capsys):
-    import pytest
-
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     with pytest.raises(SystemExit) as exc:

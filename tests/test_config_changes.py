@@ -124,7 +124,9 @@ def test_changing_one_teachers_parameters_regenerates_only_its_rows(tmp_path, ba
     cfg = changed(base, teachers__1__temperature=0.7, teachers__1__max_new_tokens=5)
     assert cli_status(tmp_path, cfg, capsys)["probe"] == (K, K)  # a's probe rows done, b's pending
     s = status(cfg)
-    assert s["score: quality"] == (K, K) and s["score: learnability"] == (K, K)
+    # quality (math_answer needs no model) covers a's routed responses too, which stay scored
+    routed_a = sum(1 for t, probe in route1.values() if t == "a" and not probe)
+    assert s["score: quality"] == (K + routed_a, K) and s["score: learnability"] == (K, K)
     q_before, l_before = scores(base, "quality"), scores(base, "learnability")
 
     second = run_stages(parse_config(cfg))
@@ -140,11 +142,11 @@ def test_changing_one_teachers_parameters_regenerates_only_its_rows(tmp_path, ba
     for v in new.values():
         if v[0] == "a":
             assert route1[v[1]][0] == "b" and not route1[v[1]][1]
-    # Old scores kept; exactly b's K new probe responses scored, once per kind.
-    for kind, old in (("quality", q_before), ("learnability", l_before)):
+    # Old scores kept; exactly b's K new probe responses scored, once per kind, and quality of the new routed ones.
+    for kind, old, routed in (("quality", q_before, len(new) - K), ("learnability", l_before, 0)):
         now = scores(cfg, kind)
         assert {k: now[k] for k in old} == old
-        assert len(now) == len(old) + K
+        assert len(now) == len(old) + K + routed
     assert all(pending == 0 for _, pending in status(cfg).values())
 
 
@@ -172,11 +174,11 @@ def test_changing_the_student_rescores_learnability_only(tmp_path, base, tiny_lm
     run_stages(parse_config(base))
     before = generations(base)
     q_before, l_before = scores(base, "quality"), scores(base, "learnability")
-    assert len(q_before) == len(l_before) == 2 * K
+    assert len(l_before) == 2 * K and len(q_before) == 2 * K + (N - K)  # quality of the routed responses too
     cfg = changed(base, student={"model": str(tiny_lm_dir_b)})
     table = cli_status(tmp_path, cfg, capsys)
     assert table["probe"] == (2 * K, 0)
-    assert table["score: quality"] == (2 * K, 0)
+    assert table["score: quality"] == (2 * K + (N - K), 0)
     assert table["score: learnability"] == (0, 2 * K)
 
     scored = run_stages(parse_config(cfg), ["probe", "score"])

@@ -12,14 +12,17 @@ from persyn.errors import ConfigError, PersynError
 from persyn.experiments.eval import (
     GSM8K_BUILTIN_SHOTS,
     eval_gsm8k,
+    eval_gym,
     eval_ifeval,
     eval_lm_eval,
     evaluate,
     gsm8k_prompt,
     gsm8k_reference,
     gsm8k_shots,
+    gym_items,
     ifeval_metrics,
     score_gsm8k,
+    score_gym,
     score_ifeval,
 )
 
@@ -130,7 +133,7 @@ def test_each_benchmark_declares_exactly_its_functions_arguments():
 
     from persyn.experiments.eval import BENCHMARKS
 
-    assert set(BENCHMARKS) == {"gsm8k", "ifeval", "lm_eval"}
+    assert set(BENCHMARKS) == {"gsm8k", "gym", "ifeval", "lm_eval"}
     for name, benchmark in BENCHMARKS.items():
         params = inspect.signature(benchmark.run).parameters
         required = {k for k, p in params.items() if p.default is inspect.Parameter.empty
@@ -140,3 +143,42 @@ def test_each_benchmark_declares_exactly_its_functions_arguments():
         assert set(benchmark.optional) == optional, name
         var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         assert benchmark.passes_others_on == var_kw, name
+
+
+GYM = "gym:basic_arithmetic+chain_sum:12:5"
+
+
+def test_gym_items_are_the_prompt_readers_and_scored_by_their_task():
+    items = gym_items(GYM, template="{prompt}\nEnd with <answer>N</answer>.")
+    assert [it["task"] for it in items] == ["basic_arithmetic"] * 6 + ["chain_sum"] * 6
+    assert gym_items(GYM)[0]["question"] == items[0]["question"] != items[0]["prompt"]
+    assert items[0]["prompt"].endswith("End with <answer>N</answer>.")
+    assert len({it["id"] for it in items}) == 12
+    for it in items:
+        answer = str(it["entry"]["answer"])
+        assert score_gym(f"So:\n<answer>{answer}</answer>", it["entry"]) == (answer, True)
+        assert score_gym(f"Answer: {answer}1", it["entry"]) == (f"{answer}1", False)
+        assert score_gym("", it["entry"]) == (None, False)
+
+
+def test_eval_gym_per_task_per_item_and_training_overlap(tiny_lm_dir, tmp_path):
+    items = gym_items(GYM)
+    train = tmp_path / "dataset.jsonl"  # two test questions were training prompts
+    train.write_text("".join(json.dumps({"messages": [{"role": "user", "content": it["question"]},
+                                                      {"role": "assistant", "content": "x"}]}) + "\n"
+                             for it in (items[1], items[7])))
+    out = tmp_path / "gym.json"
+    result = eval_gym(str(tiny_lm_dir), GYM, exclude_prompts_path=train, max_new_tokens=6, batch_size=4,
+                      output_path=out)
+    assert result["excluded"] == 2 and result["excluded_ids"] == [items[1]["id"], items[7]["id"]]
+    records = result["records"]
+    assert [r["id"] for r in records] == [it["id"] for i, it in enumerate(items) if i not in (1, 7)]
+    for r, it in zip(records, [it for i, it in enumerate(items) if i not in (1, 7)], strict=True):
+        assert r["correct"] == score_gym(r["prediction"], it["entry"])[1] and r["task"] == it["task"]
+    assert result["per_task"]["chain_sum"]["n"] == result["per_task"]["basic_arithmetic"]["n"] == 5
+    assert result["accuracy"] == sum(r["correct"] for r in records) / 10
+    saved = [json.loads(line) for line in out.with_suffix(".records.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["task"], r["correct"]) for r in saved] == [(r["id"], r["task"], r["correct"]) for r in records]
+    # the same training questions given as a prompts source (a gym: spec) overlap as well
+    same = eval_gym(str(tiny_lm_dir), GYM, n=3, exclude_prompts_path=GYM, max_new_tokens=2)
+    assert same["excluded"] == 12 and same["n"] == 0

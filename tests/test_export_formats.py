@@ -72,10 +72,10 @@ def test_every_format_round_trips_through_datasets(run, fmt):
             assert {k: row[k] for k in META} == {k: want[k] for k in META}
             assert user_and_answer(fmt, row) == (want["messages"][0]["content"], want["messages"][1]["content"])
     rows = list(loaded[0])
-    # Probe rows carry the quality the judge gave the kept response; routed rows were never scored.
+    # Every row carries the judge's quality of the kept response: quality kind `field` needs no model, so routed
+    # responses are scored too.
     assert {r["source"] for r in rows} == {"probe", "routed"}
-    assert all(isinstance(r["quality"], float) for r in rows if r["source"] == "probe")
-    assert all(r["quality"] is None for r in rows if r["source"] == "routed")
+    assert all(isinstance(r["quality"], float) for r in rows)
     assert all(r["learnability"] is None for r in rows)  # alpha = 0: no student scored anything
     assert (out / "README.md").is_file()
 

@@ -70,7 +70,8 @@ def test_results_match_local_generation_with_usage_and_cost(server):
     assert server.state.counts["/v1/chat/completions"] == 6
     assert (backend.counters.requests_sent, backend.counters.retries, backend.counters.succeeded) == (6, 0, 6)
     body = server.state.bodies[0]
-    assert (body["max_tokens"], body["temperature"], body["top_p"], body["seed"]) == (4, 0.0, 0.9, 7)
+    assert (body["max_tokens"], body["temperature"], body["top_p"]) == (4, 0.0, 0.9)
+    assert "seed" not in body  # greedy: a seed changes nothing, so it is not sent
     assert body["model"] == "tiny"
 
 

@@ -13,7 +13,8 @@ from helpers import read_jsonl
 from persyn.config import parse_config
 from persyn.errors import ConfigError, PersynError
 from persyn.experiments.selection import build_datasets, prepare_inputs
-from persyn.experiments.strategies import SelectionInputs, car_values, make_strategy
+from persyn.experiments.selection_rules import car_values
+from persyn.experiments.strategies import SelectionInputs, make_strategy
 from persyn.pipeline import run_stages
 from persyn.run import RewardMatrices, open_run
 from persyn.stages.load import load_stage
@@ -186,3 +187,97 @@ def test_strategies_are_pure_functions_of_the_matrices(tiny_lm_dir, tmp_path):
     other = make_strategy("random").select(replace(many, options=cfg.compare.model_copy(update={"seed": 4})))
     assert picks == again and picks != other.teachers  # seeded by compare.seed, and by nothing else
     assert all(abs(picks.count(n) / 600 - 1 / 3) < 0.06 for n in POOL)  # uniform over the teachers
+
+
+def test_single_teacher_strategies_and_their_names(pool, tmp_path, tiny_lm_dir):
+    run, prompts, _ = pool
+    singles = [make_strategy(f"teacher:{t}") for t in POOL]
+    inputs = prepare_inputs(run, prompts, singles)
+    selections = {s.name: s.select(inputs) for s in singles}
+    assert [set(sel.teachers) for sel in selections.values()] == [{t} for t in POOL]
+    summaries = build_datasets(run, prompts, inputs, selections, tmp_path)
+    for t in POOL:
+        s = summaries[f"teacher:{t}"]
+        assert s["rows"] == len(prompts) and s["teacher_counts"][t] == len(prompts)
+        assert s["generations_needed"] == len(prompts)  # reads nothing but its own responses
+        assert (tmp_path / f"teacher_{t}" / "dataset.jsonl").is_file()  # no ':' in the folder name
+    with pytest.raises(ConfigError, match="compare.strategies"):
+        pool_config(tmp_path, tiny_lm_dir, strategies=["teacher:zz"])
+    with pytest.raises(ConfigError, match="compare.strategies"):
+        make_strategy("teacher:zz").check(inputs)
+
+
+def test_oracle_ties_are_drawn_among_the_tied_teachers():
+    from persyn.experiments.selection_rules import oracle_choice
+
+    reward = np.array([[0.5, 0.5, 0.0]] * 200 + [[0.0, 1.0, 1.0]])
+    names = ["a", "b", "c"]
+    assert oracle_choice(reward, names) == ["a"] * 200 + ["b"]  # no seed: the first listed
+    drawn = oracle_choice(reward, names, seed=0)
+    assert set(drawn[:200]) == {"a", "b"} and 70 < drawn.count("a") < 130 and drawn[200] in ("b", "c")
+    assert drawn == oracle_choice(reward, names, seed=0) != oracle_choice(reward, names, seed=1)
+    assert oracle_choice(np.array([[0.1, 0.9, np.nan]]), names, seed=0) == ["b"]  # no tie: the argmax
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_oracle_at_alpha_0_and_1(tmp_path, tiny_lm_dir, alpha):
+    """alpha 0: the best quality (ties drawn); alpha 1: the best learnability, and quality is never computed."""
+    import sqlite3
+
+    prompts, table = write_pool(tmp_path, n=60)
+    cfg = pool_config(tmp_path, tiny_lm_dir)
+    cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"alpha": alpha})})
+    run_stages(cfg, ("probe", "score"))
+    run = open_run(cfg)
+    oracle = make_strategy("oracle")
+    sel = oracle.select(prepare_inputs(run, load_stage(run), [oracle]))
+    column = 0 if alpha == 0 else 1
+    best = [max(POOL, key=lambda t: table[(p, t)][column]) for p in prompts]
+    assert sel.teachers == best and sel.info["alpha"] == alpha
+    with sqlite3.connect(tmp_path / "run" / "persyn.sqlite") as db:
+        kinds = dict(db.execute("SELECT kind, COUNT(*) FROM scores GROUP BY kind").fetchall())
+    assert kinds == ({"quality": 60 * 3} if alpha == 0 else {"learnability": 60 * 3})
+    run.store.close()
+
+
+def test_verified_strategy_drops_rows_below_min_quality(tmp_path, tiny_lm_dir):
+    prompts, table = write_pool(tmp_path, n=60)
+    cfg = pool_config(tmp_path, tiny_lm_dir)
+    cfg = cfg.model_copy(update={"export": cfg.export.model_copy(update={"min_quality": 0.8})})
+    run_stages(cfg, ("probe", "score"))
+    run = open_run(cfg)
+    names = ["strong+verified", "teacher:b+verified", "strong"]
+    strategies = [make_strategy(n) for n in names]
+    inputs = prepare_inputs(run, load_stage(run), strategies)
+    summaries = build_datasets(run, load_stage(run), inputs, {s.name: s.select(inputs) for s in strategies},
+                               tmp_path / "out")
+    for name, teacher in (("strong+verified", "a"), ("teacher:b+verified", "b")):
+        keep = [p for p in prompts if table[(p, teacher)][0] >= 0.8]
+        rows = [json.loads(line) for line in (tmp_path / "out" / name.replace(":", "_") / "dataset.jsonl")
+                .read_text().splitlines()]
+        assert [r["messages"][0]["content"] for r in rows] == keep and 0 < len(keep) < 60
+        s = summaries[name]
+        assert s["rows"] == len(keep) and s["dropped_below_min_quality"] == 60 - len(keep) and s["missing"] == []
+    assert summaries["strong"]["rows"] == 60 and "dropped_below_min_quality" not in summaries["strong"]
+    with pytest.raises(ConfigError, match="export.min_quality"):
+        pool_config(tmp_path, tiny_lm_dir, strategies=["persyn+verified"])  # no min_quality set
+    run.store.close()
+
+
+def test_oracle_at_other_alphas_from_the_same_scores(pool, tiny_lm_dir, tmp_path):
+    """oracle@ALPHA re-weighs the stored scores: @0.4 is the config's oracle, @0 the best quality, @1 the best
+    learnability, with no new generation or score."""
+    run, prompts, table = pool
+    names = ["oracle", "oracle@0.40", "oracle@0", "oracle@1"]
+    strategies = [make_strategy(n) for n in names]
+    inputs = prepare_inputs(run, prompts, strategies)
+    sel = {s.name: s.select(inputs).teachers for s in strategies}
+    assert sel["oracle@0.40"] == sel["oracle"]  # named as the config spells it
+    for name, column in (("oracle@0", 0), ("oracle@1", 1)):
+        assert sel[name] == [max(POOL, key=lambda t: table[(p.text, t)][column]) for p in prompts]
+    assert len({tuple(v) for v in sel.values()}) == 3
+    with pytest.raises(ConfigError, match="expected oracle@ALPHA"):
+        pool_config(tmp_path, tiny_lm_dir, strategies=["oracle@2"])
+    zero = replace(inputs, reward=inputs.reward.model_copy(update={"alpha": 0.0}))
+    with pytest.raises(ConfigError, match="reward.alpha"):
+        make_strategy("oracle@0.5").check(zero)

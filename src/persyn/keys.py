@@ -93,6 +93,8 @@ class Keys:
                  "max_length": s.max_length}
         if s.server_url:
             parts["server_url"] = s.server_url
+        if s.server_url and s.server_model:  # a server may serve adapters of the same base under other names
+            parts["server_model"] = s.server_model
         return json.dumps(parts, sort_keys=True)
 
     def router(self, probe: Sequence[Prompt], rewards_bytes: bytes) -> str:

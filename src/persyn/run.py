@@ -105,22 +105,28 @@ class RewardMatrices:
     """Scores of every teacher's response on some prompts, each matrix [P, T] in config teacher order.
 
     quality and learnability are the raw scores (NaN: not scored, or not needed at this reward.alpha); reward is
-    the combined per-prompt reward of Eq. 2 (NaN: no usable response); present marks the responses that exist
-    without error, empty those among them that are blank (Eq. 2 ranks them last)."""
+    the combined per-prompt reward of Eq. 2 (NaN: no usable response)."""
 
     prompts: list[Prompt]
     quality: np.ndarray
     learnability: np.ndarray
     reward: np.ndarray
-    present: np.ndarray | None = None
-    empty: np.ndarray | None = None
+    empty: np.ndarray | None = None  # [P, T] True where the response is empty (scored worst); None: unknown
+    present: np.ndarray | None = None  # [P, T] True where the response exists without error; None: unknown
 
     def rows(self, index: np.ndarray | list[int]) -> RewardMatrices:
         """The same matrices on a subset of the prompts, in `index` order."""
         idx = np.asarray(index, dtype=np.int64)
         pick = lambda m: None if m is None else m[idx]  # noqa: E731
         return RewardMatrices([self.prompts[i] for i in idx] if self.prompts else [], self.quality[idx],
-                              self.learnability[idx], self.reward[idx], pick(self.present), pick(self.empty))
+                              self.learnability[idx], self.reward[idx], pick(self.empty), pick(self.present))
+
+    def reward_at(self, alpha: float, method: str) -> np.ndarray:
+        """Eq. 2 at another alpha from the same raw scores (quality needed when alpha < 1, learnability when
+        alpha > 0; missing ones give NaN, as in `reward`)."""
+        from persyn.scoring.reward import scored_rewards
+
+        return scored_rewards(self.quality, self.learnability, np.isfinite(self.reward), self.empty, alpha, method)
 
 
 def probe_prompts(run: Run) -> list[Prompt]:
@@ -158,7 +164,7 @@ def rewards_for(run: Run, prompts: list[Prompt]) -> RewardMatrices:
     empty = np.array([[k in gens and gens[k].error is None and not (gens[k].text or "").strip() for k in row]
                       for row in keys]).reshape(P, T)
     rewards = scored_rewards(quality, learn, present, empty, cfg.reward.alpha, cfg.reward.normalization)
-    return RewardMatrices(list(prompts), quality, learn, rewards, present, empty)
+    return RewardMatrices(list(prompts), quality, learn, rewards, empty, present)
 
 
 def _num(v: float | None) -> float:

@@ -69,6 +69,9 @@ def pending_work(cfg: RunConfig, store: Store, keys: Keys, prompts: list[Prompt]
     out.routed = Counts(routed, len(prompts) - routed)
     needed = {keys.generation(t, p): t.name for p, t in routed_pairs(prompts, routing, cfg.teachers)}
     gdone = store.done_keys(needed)
+    if out.quality is not None and cfg.scores_routed_quality:  # routed responses are scored too
+        q = store.scores("quality", keys.quality_scorer, sorted(gdone))
+        out.quality = Counts(out.quality.done + len(q), out.quality.pending + len(gdone - set(q)))
     out.routed_by_teacher.update(name for k, name in needed.items() if k not in gdone)
     out.unrouted = sum(1 for p in prompts if p.id not in probe_ids and p.id not in routing)
     out.generate = Counts(len(gdone), len(set(needed) - gdone) + out.unrouted)

@@ -58,10 +58,12 @@ class Meta:
     IDENTITY = "identity"  # the last run's inputs, for the "what changed" line
     STAGE_SECONDS = "stage_seconds"  # each stage's latest wall time
     RUN_STAMP = "run_stamp"  # the finished run's stamp
+    STUDENT_SERVER_CHECKED = "student_server_checked"  # the learnability key whose server passed the check
 
 
 # Meta keys that record how a run went rather than what it made: writing them does not move the store's version.
-BOOKKEEPING_META = frozenset({Meta.VERSION, Meta.STAGE_SECONDS, Meta.IDENTITY, Meta.RUN_STAMP})
+BOOKKEEPING_META = frozenset({Meta.VERSION, Meta.STAGE_SECONDS, Meta.IDENTITY, Meta.RUN_STAMP,
+                              Meta.STUDENT_SERVER_CHECKED})
 
 
 @dataclass(frozen=True)

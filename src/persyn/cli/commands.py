@@ -43,7 +43,25 @@ def _print_summary(summary: dict[str, Any], cfg: RunConfig) -> None:
     )
     if summary.get("failed_generations"):
         console.print(f"[yellow]{len(summary['failed_generations'])} generations failed; run again to retry them")
+    for line in quality_lines(summary):
+        console.print(line, highlight=False)
     console.print(f"dataset: {run_dir / 'dataset.jsonl'} ({summary['dataset_rows']} rows)")
+
+
+def quality_lines(summary: dict[str, Any]) -> list[str]:
+    """The quality of the probe and routed rows and what verified filtering dropped, as summary.json has them."""
+    q, f, lines = summary.get("quality") or {}, summary.get("filter"), []
+    for src in ("probe", "routed"):
+        st = q.get(src) or {}
+        if st.get("scored"):
+            correct = (f", {st['correct_share']:.1%} verified correct" if st.get("correct_share") is not None
+                       else "")
+            lines.append(f"{src} rows: {st['rows']}, mean quality {st['mean']:.3f} over {st['scored']} scored"
+                         + correct)
+    if f:
+        lines.append(f"export.min_quality {f['min_quality']:g}: dropped {f['dropped']} of {f['rows_before']} rows "
+                     f"({f['dropped_unknown_quality']} with unknown quality)")
+    return lines
 
 
 @app.command()

@@ -112,13 +112,19 @@ def eval_cmd(
     gsm8k: Annotated[Path | None, typer.Option(help="GSM8K test JSONL (question, answer).")] = None,
     shots: Annotated[int, typer.Option(help="GSM8K few-shot examples (0 or 5 usual).")] = 0,
     ifeval: Annotated[str | None, typer.Option(help="IFEval prompts JSONL, or hf:google/IFEval.")] = None,
+    gym: Annotated[str | None, typer.Option(help="reasoning-gym items: gym:TASK[+TASK...]:SIZE[:SEED].")] = None,
+    gym_template: Annotated[str | None, typer.Option(help="--gym: wrap each question ('{prompt}' replaced).")] = None,
+    exclude_prompts: Annotated[Path | None, typer.Option(
+        help="--gym: leave out items whose question is a prompt of this training set (prompts file or "
+             "dataset.jsonl).")] = None,
     lm_eval: Annotated[list[str] | None, typer.Option(help="lm-evaluation-harness task (repeatable).")] = None,
     lm_eval_include: Annotated[list[Path] | None, typer.Option(
         help="Folder of extra lm-eval task YAMLs (repeatable), e.g. docs/lm_eval_tasks for offline tasks.")] = None,
     n: Annotated[int | None, typer.Option(help="First n items of each benchmark (a fixed subset).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget per answer.")] = None,
 ) -> None:
-    """Evaluate a model on GSM8K, IFEval and/or lm-evaluation-harness tasks; results are JSON."""
+    """Evaluate a model on GSM8K, reasoning-gym items, IFEval and/or lm-evaluation-harness tasks; results are
+    JSON, per-item records JSONL."""
     from persyn.experiments.eval import evaluate
 
     specs: list[dict] = []
@@ -129,12 +135,16 @@ def eval_cmd(
         specs.append({"name": "gsm8k", "test_path": str(gsm8k), "shots": shots, **extra})
     if ifeval is not None:
         specs.append({"name": "ifeval", "prompts_path": ifeval, **extra})
+    if gym is not None:
+        specs.append({"name": "gym", "items": gym, **extra,
+                      **({"template": gym_template} if gym_template is not None else {}),
+                      **({"exclude_prompts_path": str(exclude_prompts)} if exclude_prompts else {})})
     if lm_eval:
         specs.append({"name": "lm_eval", "tasks": list(lm_eval), **({"limit": n} if n else {}),
                       **({"gen_kwargs": {"max_gen_toks": max_new_tokens}} if max_new_tokens else {}),
                       **({"include_path": [str(p) for p in lm_eval_include]} if lm_eval_include else {})})
     if not specs:
-        raise ConfigError("name a benchmark: --gsm8k, --ifeval, --lm-eval or --config", key="eval")
+        raise ConfigError("name a benchmark: --gsm8k, --gym, --ifeval, --lm-eval or --config", key="eval")
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = evaluate(model, specs, output_dir=output_dir)
     console.print_json(json.dumps(summary))
@@ -158,4 +168,24 @@ def compare_cmd(
     for name, e in results["strategies"].items():
         table.add_row(name, str(e["rows"]), str(e["generations_needed"]), str(e["tokens"]), str(len(e["runs"])))
     console.print(table)
+    for label, st in (results.get("statistics") or {}).items():
+        console.print(statistics_table(label, st))
     console.print(f"report: {compare_dir(cfg) / 'report.md'}")
+
+
+def statistics_table(label: str, st: dict) -> Table:
+    """Accuracy and 95% CI per strategy, and the paired differences against each reference (* = resolved)."""
+    refs = st["references"]
+    table = Table(title=f"{label}: accuracy over {st['items']} items and the seeds, 95% CIs (two-level bootstrap); "
+                        "differences paired, * where the CI excludes 0")
+    for c in ("strategy", "seeds", "accuracy", "95% CI", *[f"vs {k} ({v})" for k, v in refs.items()]):
+        table.add_column(c, justify="left" if c == "strategy" else "right")
+    diffs = {(d["strategy"], d["against"]): d for d in st["differences"]}
+    for name, e in st["strategies"].items():
+        cells = []
+        for k in refs:
+            d = diffs.get((name, k))
+            cells.append("-" if d is None else f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+                         f"{'*' if d['resolved'] else ''} (mde {d['mde']:.3f})")
+        table.add_row(name, str(e["seeds"]), f"{e['mean']:.3f}", f"[{e['lo']:.3f}, {e['hi']:.3f}]", *cells)
+    return table

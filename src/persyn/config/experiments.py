@@ -9,6 +9,29 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from persyn.config.stages import Strict
 
 STRATEGY_NAMES = ("persyn", "oracle", "strong", "family-strong", "mix", "car", "random")
+TEACHER_STRATEGY = "teacher:"  # `teacher:NAME`: that one teacher for every prompt
+VERIFIED_SUFFIX = "+verified"  # `NAME+verified`: that strategy's rows, those below export.min_quality dropped
+
+
+ORACLE_AT = "oracle@"  # `oracle@ALPHA`: Generate-then-Select by the combined reward at that alpha
+
+
+def strategy_base(name: str) -> str:
+    """The selection rule a strategy name names: `teacher:` for every single teacher, `oracle@` for the oracle at
+    any alpha, the `+verified` suffix dropped."""
+    base = name.removesuffix(VERIFIED_SUFFIX)
+    for prefix in (TEACHER_STRATEGY, ORACLE_AT):
+        if base.startswith(prefix):
+            return prefix
+    return base
+
+
+def oracle_alpha(name: str) -> float:
+    """The alpha of `oracle@ALPHA` (ValueError unless a number in [0, 1])."""
+    alpha = float(name.removesuffix(VERIFIED_SUFFIX).removeprefix(ORACLE_AT))
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"{name!r}: alpha must lie in [0, 1]")
+    return alpha
 
 
 class RouterEvalConfig(Strict):
@@ -34,7 +57,11 @@ class CompareConfig(Strict):
     """`persyn compare`: datasets from each selection strategy, one student trained and evaluated per strategy."""
 
     strategies: list[str] = Field(default_factory=lambda: ["persyn", "strong", "mix", "random"], description=(
-        "Selection strategies, each gives one dataset: persyn, oracle, strong, family-strong, mix, car, random."))
+        "Selection strategies, each gives one dataset: persyn, oracle, strong, family-strong, mix, car, random, "
+        "`teacher:NAME` (that teacher alone on every prompt), `oracle@ALPHA` (the oracle by the combined reward at "
+        "that alpha, e.g. oracle@0 for quality alone: alpha 0 needs quality, so reward.alpha < 1, and alpha > 0 "
+        "needs learnability, so reward.alpha > 0); any of them with `+verified` appended keeps only the rows whose "
+        "quality reaches export.min_quality (e.g. `persyn+verified`)."))
     strong_teacher: str | None = Field(default=None, description=(
         "The strong baseline's teacher; None: the highest mean probe quality."))
     weak_teacher: str | None = Field(default=None, description=(
@@ -56,8 +83,14 @@ class CompareConfig(Strict):
     @classmethod
     def _known(cls, names: list[str] | None) -> list[str] | None:
         for n in names or []:
-            if n not in STRATEGY_NAMES:
-                raise ValueError(f"unknown strategy {n!r} (known: {', '.join(STRATEGY_NAMES)})")
+            if strategy_base(n) not in (*STRATEGY_NAMES, TEACHER_STRATEGY, ORACLE_AT):
+                raise ValueError(f"unknown strategy {n!r} (known: {', '.join(STRATEGY_NAMES)}, teacher:NAME, "
+                                 f"oracle@ALPHA; each may end in {VERIFIED_SUFFIX})")
+            if strategy_base(n) == ORACLE_AT:
+                try:
+                    oracle_alpha(n)
+                except ValueError:
+                    raise ValueError(f"{n!r}: expected oracle@ALPHA with ALPHA in [0, 1]") from None
         return names
 
     @field_validator("seeds")
@@ -97,11 +130,12 @@ class TrainSettings(Strict):
 
 
 class BenchmarkSpec(BaseModel):
-    """One benchmark: `name` (gsm8k, ifeval, lm_eval), optional `label`, and the eval function's arguments."""
+    """One benchmark: `name` (gsm8k, gym, ifeval, lm_eval), optional `label`, and the eval function's arguments."""
 
     model_config = ConfigDict(extra="allow")
     name: str = Field(description=(
-        "The benchmark: gsm8k, ifeval or lm_eval; further keys are the eval function's arguments."))
+        "The benchmark: gsm8k, gym (`items: gym:TASK+TASK:N:SEED`, optional `template`, `exclude_prompts_path`), "
+        "ifeval or lm_eval; further keys are the eval function's arguments (persyn.experiments.eval)."))
     label: str | None = Field(default=None, description="The name results are reported under; None: `name`.")
 
 

@@ -8,8 +8,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from persyn.config.experiments import CompareConfig, EvalSection, TrainSettings
+from persyn.config.experiments import TEACHER_STRATEGY, VERIFIED_SUFFIX, CompareConfig, EvalSection, TrainSettings
 from persyn.config.stages import (
+    ExportConfig,
     GenerationConfig,
     ProbeConfig,
     PromptsConfig,
@@ -49,6 +50,8 @@ class RunConfig(Strict):
         "Student fine-tuning settings shared by every strategy."))
     eval: EvalSection = Field(default_factory=EvalSection, description=(
         "Benchmarks for `persyn compare` and `persyn eval`."))
+    export: ExportConfig = Field(default_factory=ExportConfig, description=(
+        "What goes into the dataset: verified filtering."))
 
     @field_validator("teachers")
     @classmethod
@@ -70,6 +73,13 @@ class RunConfig(Strict):
 
     def teacher(self, name: str) -> TeacherConfig:
         return next(t for t in self.teachers if t.name == name)
+
+    @property
+    def scores_routed_quality(self) -> bool:
+        """Whether every routed response gets a quality score, not only the probe's: when the kind needs no
+        model (so the dataset, summary and report say how many routed rows are right), or when
+        export.min_quality filters on it. Never at alpha 1, which computes no quality."""
+        return self.reward.needs_quality and (self.quality.model_free or self.export.min_quality is not None)
 
     @property
     def path(self) -> Path:
@@ -115,6 +125,18 @@ def _check_settings(cfg: RunConfig, source: str | None) -> None:
     if g.accept_quality is not None and not cfg.reward.needs_quality:
         raise ConfigError("needs a quality scorer to judge answers, but reward.alpha = 1 never computes quality",
                           key="generation.accept_quality", file=source)
+    if cfg.export.min_quality is not None and not cfg.reward.needs_quality:
+        raise ConfigError("needs a quality scorer to verify rows, but reward.alpha = 1 never computes quality",
+                          key="export.min_quality", file=source)
+    teachers = {t.name for t in cfg.teachers}
+    for name in cfg.compare.strategies + (cfg.compare.seeds_for or []):
+        base = name.removesuffix(VERIFIED_SUFFIX)
+        if base.startswith(TEACHER_STRATEGY) and base.removeprefix(TEACHER_STRATEGY) not in teachers:
+            raise ConfigError(f"{name!r} names no teacher (teachers: {', '.join(sorted(teachers))})",
+                              key="compare.strategies", file=source)
+        if name.endswith(VERIFIED_SUFFIX) and cfg.export.min_quality is None:
+            raise ConfigError(f"{name!r} drops rows below export.min_quality: set it (e.g. 1)",
+                              key="export.min_quality", file=source)
     if cfg.probe.max_size is not None and cfg.probe.strategy != "adaptive":
         raise ConfigError("only probe.strategy 'adaptive' grows the probe", key="probe.max_size", file=source)
 

@@ -1,4 +1,5 @@
-"""The sections a run's stages read: prompts, teachers, student, quality, reward, probe, router and generation."""
+"""The sections a run's stages read: prompts, teachers, student, quality, export, reward, probe, router and
+generation."""
 
 from __future__ import annotations
 
@@ -64,7 +65,14 @@ class TeacherConfig(Strict):
         "the responses file."))
     family: str | None = Field(default=None, description="Model family (e.g. `qwen`), for the family-strong baseline.")
     cost_per_1k_tokens: float = Field(default=0.0, ge=0, description=(
-        "Price per 1000 prompt + completion tokens, for the cost columns of the summary."))
+        "Price per 1000 prompt + completion tokens, for the cost columns of the summary; the input and output "
+        "prices below replace it where given."))
+    cost_per_1k_input_tokens: float | None = Field(default=None, ge=0, description=(
+        "Price per 1000 prompt tokens (None: cost_per_1k_tokens)."))
+    cost_per_1k_output_tokens: float | None = Field(default=None, ge=0, description=(
+        "Price per 1000 completion tokens, reasoning tokens included (None: cost_per_1k_tokens)."))
+    batch_discount: float = Field(default=0.5, ge=0, le=1, description=(
+        "Share of the price taken off results imported from the Batch API (OpenAI's: 0.5, half price)."))
     license: str | None = Field(default=None, description=(
         "The licence of this teacher's outputs (SPDX id or terms), listed in the dataset card; not part of any key."))
     # Overrides of the run's generation defaults (None: use the default).
@@ -109,9 +117,29 @@ class TeacherConfig(Strict):
         default=300.0, ge=0,
         description="Longest Retry-After waited out; a server asking for more fails the request, which the next "
                     "run retries.")
+    max_tokens_param: Literal["auto", "max_tokens", "max_completion_tokens"] = Field(default="auto", description=(
+        "openai: the request field that carries max_new_tokens on chat completions. auto: `max_completion_tokens` "
+        "for OpenAI's reasoning models (o1, o3, o4-mini, gpt-5...), which refuse `max_tokens`; `max_tokens` "
+        "elsewhere (vLLM, SGLang, TGI, llama-server)."))
+    empty_response: Literal["fail", "keep"] = Field(default="fail", description=(
+        "openai: an empty reply (a reasoning model that spent max_new_tokens before answering) or a refusal "
+        "(`content: null` with `refusal`). fail: stored as a failure, sent again by the next run (never retried "
+        "within one); keep: stored as the response (empty, or the refusal's text) with its finish_reason."))
+    truncated_response: Literal["keep", "fail"] = Field(default="keep", description=(
+        "openai: a reply cut at max_new_tokens (finish_reason `length`). keep: stored with its finish_reason, as a "
+        "local teacher's; fail: stored as a failure, sent again by the next run."))
     extra: dict[str, Any] = Field(default_factory=dict, description=(
         "Backend-specific settings. openai: `body` (merged into every request body; part of the key), `headers`, "
         "`backoff_base_s`, `backoff_max_s`."))
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, *, batch: bool = False) -> float:
+        """The price of one generation: input and output tokens at their own prices, less the Batch API's
+        discount for a batch result."""
+        per_in = self.cost_per_1k_tokens if self.cost_per_1k_input_tokens is None else self.cost_per_1k_input_tokens
+        per_out = (self.cost_per_1k_tokens if self.cost_per_1k_output_tokens is None
+                   else self.cost_per_1k_output_tokens)
+        full = (prompt_tokens * per_in + completion_tokens * per_out) / 1000
+        return full * (1 - self.batch_discount) if batch else full
 
 
 class StudentConfig(Strict):
@@ -126,9 +154,28 @@ class StudentConfig(Strict):
     max_length: int = Field(default=1024, gt=8, description=(
         "Prompt + response tokens scored; longer responses are truncated and counted."))
     batch_tokens: int = Field(default=4096, gt=0, description="Token budget of one learnability scoring batch.")
+    pack: Literal["auto", True, False] = Field(default="auto", description=(
+        "Learnability batches packed into one row without padding (varlen attention, position ids per sequence): "
+        "`auto` packs on CUDA only, true on any device; families with a plain head and causal attention only. "
+        "The values are the same."))
+    compile: bool = Field(default=False, description=(
+        "torch.compile the student's decoder for packed scoring, once per process (meant for CUDA)."))
     dtype: Dtype = Field(default="auto", description="Weights and activations of the student while scoring.")
     server_url: str | None = Field(default=None, description=(
-        "An OpenAI-compatible server that returns prompt log-probs, used instead of the local model."))
+        "A server that returns prompt log-probs for token-id prompts (vLLM, SGLang; not llama-server or TGI), used "
+        "instead of the local model; see docs/servers.md."))
+    server_model: str | None = Field(default=None, description=(
+        "server_url: the served model name (vLLM's --served-model-name); None: `model`. Part of the learnability "
+        "key when set (one server may serve several adapters)."))
+    server_check: bool = Field(default=True, description=(
+        "server_url: before the first score, score a few known sequences with the local student and on the "
+        "server, and stop when they differ by more than server_check_tolerance (the server runs other weights). "
+        "Done once per learnability key, remembered in the store; false skips it (a student too large to load "
+        "here)."))
+    server_check_tolerance: float = Field(default=0.1, gt=0, description=(
+        "server_check: largest mean |difference| of the known pairs' token log-probs, local against server, in "
+        "nats/token. SmolLM2-135M served by vLLM in bfloat16 against the local float32 model: 0.020; in "
+        "float32: 0.00001 (docs/servers.md)."))
     api_key_env: str | None = Field(default=None, description="server_url: environment variable with the API key.")
     max_concurrency: int = Field(default=8, gt=0, description="server_url: requests in flight at once.")
     timeout_s: float = Field(default=120.0, gt=0, description="server_url: seconds one request may take.")
@@ -152,6 +199,23 @@ class QualityConfig(Strict):
     max_length: int = Field(default=2048, gt=8, description=(
         "reward_model: tokens of (prompt, response) scored; part of the key."))
     trust_remote_code: bool = Field(default=False, description="reward_model: allow the model's own Python code.")
+
+    @property
+    def model_free(self) -> bool:
+        """Scored without a model (an answer check or a recorded field): cheap enough to score every response."""
+        return self.kind in MODEL_FREE_QUALITY
+
+
+MODEL_FREE_QUALITY = ("math_answer", "gym", "field")
+
+
+class ExportConfig(Strict):
+    min_quality: float | None = Field(default=None, description=(
+        "Verified filtering (rejection sampling): keep only dataset rows whose quality is at least this (1: a "
+        "verified correct answer for math_answer and gym). Rows whose quality is unknown (a recorded response "
+        "without its field) are dropped too, as unverified. The dropped counts go into summary.json, the report "
+        "and the card. Every routed response is then scored for quality, with any kind (model-free kinds always "
+        "are). None: keep every row."))
 
 
 class RewardConfig(Strict):
@@ -265,4 +329,3 @@ class RouterConfig(Strict):
         if self.min_gain_z is not None:
             out["min_gain_z"] = self.min_gain_z
         return out
-

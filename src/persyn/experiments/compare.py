@@ -14,9 +14,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from persyn.config import RunConfig
+from persyn.config import RunConfig, strategy_base
 from persyn.errors import ConfigError
-from persyn.experiments.selection import select_and_build
+from persyn.experiments.selection import select_and_build, strategy_dirname
 from persyn.experiments.strategies import make_strategy
 from persyn.files import write_atomic
 from persyn.models import resolve
@@ -33,7 +33,8 @@ def compare_dir(cfg: RunConfig) -> Path:
 
 def select_all(cfg: RunConfig, strategies: list[str]) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Build every strategy's dataset; returns per-strategy summaries and the known rewards of chosen responses."""
-    run_stages(cfg, STAGES if "persyn" in strategies else ("probe", "score"))
+    routed = any(strategy_base(n) == "persyn" for n in strategies)
+    run_stages(cfg, STAGES if routed else ("probe", "score"))
     with opened_run(cfg) as run:
         return select_and_build(run, load_stage(run), strategies, compare_dir(cfg))
 
@@ -81,7 +82,7 @@ def evaluate_cached(model_dir: Path, benchmarks: list[dict[str, Any]], eval_dir:
 def train_and_eval(cfg: RunConfig, strategy: str, seed: int) -> dict[str, Any]:
     from persyn.experiments.train import train_student
 
-    base = compare_dir(cfg) / strategy
+    base = compare_dir(cfg) / strategy_dirname(strategy)
     model_dir = base / f"seed{seed}" / "model"
     tcfg = train_config(cfg, model_dir, seed)
     result = train_student(tcfg, base / "dataset.jsonl")
@@ -130,9 +131,29 @@ def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: b
         results["base"] = {"model": tcfg.model,
                            "eval": evaluate_cached(Path(resolve(tcfg.model)), benchmarks, out / "base" / "eval",
                                                    f"base:{tcfg.model}")}
+    results["statistics"] = compare_statistics(cfg, results)
     _write(out / "results.json", results)
     write_report(results, out)
     return results
+
+
+def compare_statistics(cfg: RunConfig, results: dict[str, Any]) -> dict[str, Any]:
+    """persyn.experiments.significance over every benchmark with per-item records: each strategy's interval and
+    the paired differences against strong and the best single teacher."""
+    from persyn.experiments.significance import benchmark_statistics
+
+    out = compare_dir(cfg)
+    stats = {}
+    for spec in cfg.eval.benchmarks:
+        label = spec.label or spec.name
+        files = {name: {run["seed"]: out / strategy_dirname(name) / f"seed{run['seed']}" / "eval"
+                        / f"{label}.records.jsonl" for run in entry["runs"]}
+                 for name, entry in results["strategies"].items()}
+        if results.get("base"):
+            files["base"] = {0: out / "base" / "eval" / f"{label}.records.jsonl"}
+        if (computed := benchmark_statistics(files, spec.name, seed=cfg.compare.seed)) is not None:
+            stats[label] = computed
+    return stats
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:

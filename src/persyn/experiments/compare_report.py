@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 # The headline metric of each benchmark (others stay in results.json).
-PRIMARY = {"gsm8k": "accuracy", "ifeval": "prompt_level_strict_acc"}
+PRIMARY = {"gsm8k": "accuracy", "gym": "accuracy", "ifeval": "prompt_level_strict_acc"}
 SECONDARY = {"ifeval": "inst_level_loose_acc"}
 
 
@@ -42,6 +42,39 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
 
 
+def ci(lo: float, hi: float, signed: bool = False) -> str:
+    return f"[{lo:+.3f}, {hi:+.3f}]" if signed else f"[{lo:.3f}, {hi:.3f}]"
+
+
+def statistics_lines(stats: dict[str, Any]) -> list[str]:
+    """Per benchmark: each strategy's accuracy with its 95% interval, and the paired differences, marked where
+    the interval excludes 0 (resolved)."""
+    if not stats:
+        return []
+    lines = ["## Statistics", "", next(iter(stats.values()))["method"], ""]
+    for label, st in stats.items():
+        lines += [f"### {label} ({st['items']} items)", "", "| strategy | seeds | accuracy | 95% CI |",
+                  "|---|---|---|---|"]
+        for name, e in st["strategies"].items():
+            lines.append(f"| {name} | {e['seeds']} | {e['mean']:.3f} | {ci(e['lo'], e['hi'])} |")
+        if st["differences"]:
+            refs = ", ".join(f"{k}: {v}" for k, v in st["references"].items())
+            lines += ["", f"Paired differences, strategy minus reference ({refs}). **resolved**: the interval "
+                      "excludes 0. `mde`: the smallest difference this design resolves (80% power, alpha 0.05); "
+                      "`size x`: how many times more items and seeds would resolve the observed difference.", "",
+                      "| strategy | against | difference | 95% CI | resolved | mde | size x |",
+                      "|---|---|---|---|---|---|---|"]
+            for d in st["differences"]:
+                size = "-" if d["resolved"] or d["size_factor"] is None else f"{d['size_factor']:.1f}"
+                lines.append(f"| {d['strategy']} | {d['against']} ({d['reference']}) | {d['diff']:+.3f} | "
+                             f"{ci(d['lo'], d['hi'], True)} | {'**resolved**' if d['resolved'] else 'no'} | "
+                             f"{d['mde']:.3f} | {size} |")
+        if st.get("skipped"):
+            lines += ["", f"Left out (records of other items): {', '.join(st['skipped'])}."]
+        lines.append("")
+    return lines
+
+
 def write_report(results: dict[str, Any], out: Path) -> Path:
     names = list(results["strategies"])
     labels = results["benchmarks"]
@@ -66,6 +99,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
     lines += ["", "`generations`: teacher responses the strategy needs on its own (its dataset, plus every teacher "
               "on the probe when it reads the probe, plus every teacher on every prompt when it needs all "
               "responses); `tokens`: their completion tokens.", ""]
+    lines += statistics_lines(results.get("statistics") or {})
     lines += ["## Teacher shares", "", "| strategy | " + " | ".join(results["teachers"]) + " |",
               "|" + "---|" * (len(results["teachers"]) + 1)]
     for name in names:

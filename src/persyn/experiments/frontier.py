@@ -75,7 +75,7 @@ def frontier_for_split(scores: np.ndarray, probe: RewardMatrices, held: RewardMa
 
 def baseline_points(probe: RewardMatrices, held: RewardMatrices, reward: RewardConfig,
                     car_beta: float) -> list[dict[str, Any]]:
-    from persyn.experiments.strategies import car_values
+    from persyn.experiments.selection_rules import car_values
 
     R, Q, L = held.reward, held.quality, held.learnability
     T = R.shape[1]

@@ -5,12 +5,13 @@ chosen response the store lacks in one pass, and write one dataset per strategy 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from persyn.config import TeacherConfig
+from persyn.config import VERIFIED_SUFFIX, TeacherConfig, strategy_base
 from persyn.experiments.strategies import Selection, SelectionInputs, Strategy, make_strategy, selected_rewards
 from persyn.files import write_jsonl
 from persyn.outputs.export import dataset_row
@@ -21,6 +22,11 @@ from persyn.stages.score import score_prompts
 from persyn.store import Meta
 
 Pair = tuple[Prompt, TeacherConfig]
+
+
+def strategy_dirname(name: str) -> str:
+    """A strategy's folder under compare/: its name, with what a path should not hold (`teacher:a/b`) as `_`."""
+    return re.sub(r"[^\w.+-]", "_", name)
 
 
 def prepare_inputs(run: Run, prompts: list[Prompt], strategies: list[Strategy]) -> SelectionInputs:
@@ -60,25 +66,30 @@ def needed_keys(run: Run, prompts: list[Prompt], selection: Selection, strategy:
 def selection_cost(run: Run, keys: set[str]) -> dict[str, Any]:
     """Generations (and their tokens and cost) among these keys, counted from the store."""
     gens = [g for g in run.store.generations(keys).values() if g.error is None]
-    price = {t.name: t.cost_per_1k_tokens for t in run.cfg.teachers}
-    cost = sum(g.cost or (g.prompt_tokens + g.completion_tokens) / 1000 * price.get(g.teacher, 0.0) for g in gens)
+    teachers = {t.name: t for t in run.cfg.teachers}
+    cost = sum(g.cost or (teachers[g.teacher].cost(g.prompt_tokens, g.completion_tokens) if g.teacher in teachers
+                          else 0.0) for g in gens)
     return {"generations": len(gens), "generations_needed": len(keys),
             "tokens": sum(g.completion_tokens for g in gens), "cost": round(cost, 6)}
 
 
-def write_dataset(run: Run, prompts: list[Prompt], selection: Selection,
-                  out_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """out_dir/dataset.jsonl from the stored chosen responses; (its rows, ids of the prompts left out)."""
+def write_dataset(run: Run, prompts: list[Prompt], selection: Selection, out_dir: Path,
+                  drop: frozenset[str] = frozenset()) -> tuple[list[dict[str, Any]], list[str]]:
+    """out_dir/dataset.jsonl from the stored chosen responses, without the prompts in `drop`; (its rows, ids of
+    the prompts left out for want of a response)."""
     pairs = chosen_pairs(run, prompts, selection)
     gens = run.store.generations(run.keys.generation(t, p) for p, t in pairs)
     probe_ids = run.store.probe_ids()
     rows, missing = [], [p.id for p, n in zip(prompts, selection.teachers, strict=True) if n is None]
+    persyn = strategy_base(selection.strategy) == "persyn"
     for p, t in pairs:
         g = gens.get(run.keys.generation(t, p))
         if g is None or g.error is not None:
             missing.append(p.id)
             continue
-        source = ("probe" if p.id in probe_ids else "routed") if selection.strategy == "persyn" else selection.strategy
+        if p.id in drop:
+            continue
+        source = ("probe" if p.id in probe_ids else "routed") if persyn else selection.strategy
         rows.append(dataset_row(p, g.text, t.name, source))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / "dataset.jsonl", rows)
@@ -93,11 +104,13 @@ def build_datasets(run: Run, prompts: list[Prompt], inputs: SelectionInputs, sel
     summaries = {}
     for name, selection in selections.items():
         strategy = make_strategy(name)
-        out_dir = out_root / name
-        rows, missing = write_dataset(run, prompts, selection, out_dir)
+        out_dir = out_root / strategy_dirname(name)
+        drop = below_min_quality(run, prompts, selection) if name.endswith(VERIFIED_SUFFIX) else frozenset()
+        rows, missing = write_dataset(run, prompts, selection, out_dir, drop)
         counts = Counter(r["teacher"] for r in rows)
         summary = {
             "strategy": name, "rows": len(rows), "missing": missing,
+            **({"dropped_below_min_quality": len(drop)} if name.endswith(VERIFIED_SUFFIX) else {}),
             "teacher_counts": {n: counts.get(n, 0) for n in run.teacher_names()},
             "needs_all_responses": strategy.needs_all_responses,
             **selection_cost(run, needed_keys(run, prompts, selection, strategy, inputs)),
@@ -106,6 +119,24 @@ def build_datasets(run: Run, prompts: list[Prompt], inputs: SelectionInputs, sel
         (out_dir / "selection.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
         summaries[name] = summary
     return summaries
+
+
+def below_min_quality(run: Run, prompts: list[Prompt], selection: Selection) -> frozenset[str]:
+    """Ids of the prompts whose chosen response's quality is below export.min_quality, or unknown (unverified);
+    the chosen responses are scored first where the store lacks their quality."""
+    pairs = chosen_pairs(run, prompts, selection)
+    score_prompts(run, [p for p, _ in pairs], "verify", kinds=("quality",))
+    keys = {p.id: run.keys.generation(t, p) for p, t in pairs}
+    done = run.store.done_keys(keys.values())  # a failed generation is missing, not dropped
+    quality = run.store.scores("quality", run.keys.quality_scorer, done)
+    threshold = run.cfg.export.min_quality
+    assert threshold is not None  # VerifiedStrategy.check
+
+    def verified(k: str) -> bool:
+        q = quality.get(k)
+        return q is not None and q >= threshold
+
+    return frozenset(pid for pid, k in keys.items() if k in done and not verified(k))
 
 
 def select_and_build(run: Run, prompts: list[Prompt], names: list[str],

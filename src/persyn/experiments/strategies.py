@@ -1,23 +1,40 @@
 """Data-selection strategies: which teacher answers each prompt. PerSyn's router and the paper's baselines.
 
-Every strategy is a pure function of `SelectionInputs` (teacher names, the config's choices and the reward
-matrices that persyn.experiments.compare gathers before any strategy runs) and picks one teacher per prompt, so every
-dataset has the same size. A strategy declares what it reads: `reads_probe` (every teacher on the probe prompts)
-and `needs_all_responses` (every teacher on every prompt, which Generate-then-Select costs); compare generates
-exactly those up front and counts a strategy's cost from them.
+Every strategy is a pure function of `SelectionInputs` (teacher names, the config's choices and the reward matrices
+that persyn.experiments.selection gathers before any strategy runs; the rules themselves are in
+persyn.experiments.selection_rules) and picks one teacher per prompt, so every dataset has the same size. A strategy
+declares what it reads: `reads_probe` (every teacher on the probe prompts) and `needs_all_responses` (every teacher
+on every prompt, which Generate-then-Select costs); compare generates exactly those up front and counts a
+strategy's cost from them.
 """
 
 from __future__ import annotations
 
-import random
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from persyn.config import CompareConfig, RewardConfig, RunConfig
+from persyn.config import (
+    ORACLE_AT,
+    TEACHER_STRATEGY,
+    VERIFIED_SUFFIX,
+    CompareConfig,
+    RewardConfig,
+    RunConfig,
+    oracle_alpha,
+)
 from persyn.errors import ConfigError, PersynError
+from persyn.experiments.selection_rules import (
+    argmax_or_none,
+    car_values,
+    mix_choice,
+    oracle_choice,
+    random_choice,
+    strongest,
+    teacher_strength,
+    weakest,
+)
 
 if TYPE_CHECKING:
     from persyn.run import RewardMatrices
@@ -34,6 +51,7 @@ class SelectionInputs:
     reward: RewardConfig
     options: CompareConfig
     n_prompts: int
+    min_quality: float | None = None  # export.min_quality, for the `+verified` strategies
     probe: RewardMatrices | None = None  # every teacher on the probe prompts
     everything: RewardMatrices | None = None  # every teacher on every prompt (Generate-then-Select)
     routes: list[str | None] | None = None  # the router's teacher per prompt as `persyn run` stored it; None: unrouted
@@ -43,7 +61,8 @@ class SelectionInputs:
     def from_config(cls, cfg: RunConfig, n_prompts: int) -> SelectionInputs:
         return cls(teachers=[t.name for t in cfg.teachers], families={t.name: t.family for t in cfg.teachers},
                    student_family=cfg.student.family if cfg.student is not None else None,
-                   reward=cfg.reward, options=cfg.compare, n_prompts=n_prompts)
+                   reward=cfg.reward, options=cfg.compare, n_prompts=n_prompts,
+                   min_quality=cfg.export.min_quality)
 
     def teacher(self, name: str, key: str) -> str:
         if name not in self.teachers:
@@ -68,56 +87,6 @@ class Selection:
     strategy: str
     teachers: list[str | None]  # per prompt, aligned with the inputs' prompts; None: no usable response
     info: dict[str, Any] = field(default_factory=dict)
-
-
-# Pure selection rules over reward matrices ------------------------------------------------------------------
-
-def argmax_or_none(row: np.ndarray) -> int | None:
-    return None if not np.isfinite(row).any() else int(np.nanargmax(row))
-
-
-def oracle_choice(reward: np.ndarray, teachers: list[str]) -> list[str | None]:
-    """Per prompt, the teacher whose response has the highest combined reward [P, T] (None: no usable one)."""
-    picks = [argmax_or_none(row) for row in reward]
-    return [None if i is None else teachers[i] for i in picks]
-
-
-def teacher_strength(probe: RewardMatrices, teachers: list[str]) -> dict[str, float]:
-    """Mean raw quality of each teacher on the probe (mean combined reward when quality is not scored)."""
-    values = probe.quality if np.isfinite(probe.quality).any() else probe.reward
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        means = np.nanmean(values, axis=0)
-    return {n: float(m) if np.isfinite(m) else float("-inf") for n, m in zip(teachers, means, strict=True)}
-
-
-def strongest(strength: dict[str, float]) -> str:
-    """The highest strength; ties go to the teacher listed first."""
-    return max(strength, key=lambda n: (strength[n], -list(strength).index(n)))
-
-
-def weakest(strength: dict[str, float]) -> str:
-    """The lowest strength; ties go to the teacher listed first."""
-    return min(strength, key=lambda n: (strength[n], list(strength).index(n)))
-
-
-def mix_choice(strong: str, weak: str, n_prompts: int, strong_share: float, seed: int) -> list[str]:
-    """Strong or weak per prompt, strong with probability strong_share, from a seeded draw."""
-    rng = random.Random(f"mix:{seed}")
-    return [strong if rng.random() < strong_share else weak for _ in range(n_prompts)]
-
-
-def car_values(quality: np.ndarray, learnability: np.ndarray, beta: float) -> np.ndarray:
-    """[T] CAR per teacher: mean quality / (1 + beta * mean loss), loss = -learnability (mean token NLL)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(quality, 0) / (1 + beta * np.nanmean(-learnability, 0))
-
-
-def random_choice(teachers: list[str], n_prompts: int, seed: int) -> list[str]:
-    """A teacher drawn uniformly per prompt (seeded)."""
-    rng = random.Random(f"random:{seed}")
-    return [rng.choice(teachers) for _ in range(n_prompts)]
 
 
 # Strategies: each names its rule, checks its settings and says what it reads ----------------------------------
@@ -145,8 +114,19 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
 
 
 def make_strategy(name: str) -> Strategy:
+    if name.endswith(VERIFIED_SUFFIX):
+        return VerifiedStrategy(make_strategy(name.removesuffix(VERIFIED_SUFFIX)))
+    if name.startswith(TEACHER_STRATEGY):
+        return SingleTeacherStrategy(name.removeprefix(TEACHER_STRATEGY))
+    if name.startswith(ORACLE_AT):
+        try:
+            return OracleAtStrategy(oracle_alpha(name), name)
+        except ValueError:
+            raise ConfigError(f"{name!r}: expected oracle@ALPHA with ALPHA in [0, 1]",
+                              key="compare.strategies") from None
     if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})", key="compare.strategies")
+        raise ConfigError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)}, teacher:NAME, oracle@ALPHA; "
+                          f"each may end in {VERIFIED_SUFFIX})", key="compare.strategies")
     return STRATEGIES[name]()
 
 
@@ -175,7 +155,83 @@ class OracleStrategy(Strategy):
         return False
 
     def select(self, inputs: SelectionInputs) -> Selection:
-        return Selection(self.name, oracle_choice(inputs.all_matrices().reward, inputs.teachers))
+        seed = inputs.options.seed
+        return Selection(self.name, oracle_choice(inputs.all_matrices().reward, inputs.teachers, seed),
+                         {"alpha": inputs.reward.alpha, "ties": f"drawn uniformly (compare.seed {seed})"})
+
+
+class OracleAtStrategy(Strategy):
+    """`oracle@ALPHA`: the oracle by Eq. 2 at this alpha instead of reward.alpha, from the same stored scores, so
+    one compare holds Generate-then-Select at several alphas on the same responses. Exact ties are drawn as for
+    `oracle`; at alpha 0 with a 0/1 quality that is the rule among the correct answers."""
+
+    needs_all_responses = True
+
+    def __init__(self, alpha: float, name: str | None = None) -> None:
+        self.alpha = alpha
+        self.needs = RewardConfig(alpha=alpha)  # what Eq. 2 at this alpha reads
+        self.name = name or f"{ORACLE_AT}{alpha:g}"  # type: ignore[misc] - per instance, as the config spells it
+
+    def check(self, inputs: SelectionInputs) -> None:
+        if self.needs.needs_quality and not inputs.reward.needs_quality:
+            raise ConfigError(f"{self.name} needs quality, which reward.alpha = 1 never computes", key="reward.alpha")
+        if self.needs.needs_learnability and not inputs.reward.needs_learnability:
+            raise ConfigError(f"{self.name} needs the student's learnability, which reward.alpha = 0 never "
+                              "computes", key="reward.alpha")
+
+    def reads_probe(self, inputs: SelectionInputs) -> bool:
+        return False
+
+    def select(self, inputs: SelectionInputs) -> Selection:
+        self.check(inputs)
+        seed = inputs.options.seed
+        reward = inputs.all_matrices().reward_at(self.alpha, inputs.reward.normalization)
+        return Selection(self.name, oracle_choice(reward, inputs.teachers, seed),
+                         {"alpha": self.alpha, "ties": f"drawn uniformly (compare.seed {seed})"})
+
+
+class SingleTeacherStrategy(Strategy):
+    """`teacher:NAME`: that one teacher answers every prompt (the pool's single-teacher baselines)."""
+
+    def __init__(self, teacher: str) -> None:
+        self.teacher_name = teacher
+        self.name = TEACHER_STRATEGY + teacher  # type: ignore[misc] - per instance, not per class
+
+    def check(self, inputs: SelectionInputs) -> None:
+        inputs.teacher(self.teacher_name, "compare.strategies")
+
+    def reads_probe(self, inputs: SelectionInputs) -> bool:
+        return False
+
+    def select(self, inputs: SelectionInputs) -> Selection:
+        self.check(inputs)
+        return Selection(self.name, [self.teacher_name] * inputs.n_prompts, {"teacher": self.teacher_name})
+
+
+class VerifiedStrategy(Strategy):
+    """`NAME+verified`: strategy NAME's choice, then only the rows whose quality reaches export.min_quality
+    (rejection sampling; persyn.experiments.selection scores the chosen responses and drops the others)."""
+
+    def __init__(self, base: Strategy) -> None:
+        self.base = base
+        self.name = base.name + VERIFIED_SUFFIX  # type: ignore[misc]
+        self.needs_all_responses = base.needs_all_responses  # type: ignore[misc]
+
+    def check(self, inputs: SelectionInputs) -> None:
+        if inputs.min_quality is None:
+            raise ConfigError(f"{self.name!r} drops rows below export.min_quality: set it (e.g. 1)",
+                              key="export.min_quality")
+        if not inputs.reward.needs_quality:
+            raise ConfigError("verified rows need quality, but reward.alpha = 1 never computes it",
+                              key="reward.alpha")
+        self.base.check(inputs)
+
+    def reads_probe(self, inputs: SelectionInputs) -> bool:
+        return self.base.reads_probe(inputs)
+
+    def select(self, inputs: SelectionInputs) -> Selection:
+        chosen = self.base.select(inputs)
+        return Selection(self.name, chosen.teachers, {**chosen.info, "min_quality": inputs.min_quality})
 
 
 def strong_teacher(inputs: SelectionInputs) -> str:

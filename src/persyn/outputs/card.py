@@ -51,6 +51,27 @@ def _n(v: Any) -> str:
     return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def quality_section(summary: dict[str, Any]) -> list[str]:
+    """The quality of the rows (before the filter) and what verified filtering dropped, from summary.json."""
+    q, f = summary.get("quality") or {}, summary.get("filter")
+    lines = []
+    for src in ("probe", "routed", "dataset"):
+        st = q.get(src)
+        if not st or not st["rows"]:
+            continue
+        what = {"probe": "probe rows (before any filter)", "routed": "routed rows (before any filter)",
+                "dataset": "rows in this dataset"}[src]
+        if not st["scored"]:
+            lines.append(f"- {what}: {st['rows']}, quality not scored")
+            continue
+        correct = f", {st['correct_share']:.2%} verified correct" if st.get("correct_share") is not None else ""
+        lines.append(f"- {what}: {st['rows']}, mean quality {st['mean']:.4f} over {st['scored']} scored{correct}")
+    if f:
+        lines.append(f"- verified filtering (export.min_quality = {f['min_quality']:g}): dropped {f['dropped']} of "
+                     f"{f['rows_before']} rows, {f['dropped_unknown_quality']} of them with unknown quality")
+    return ["## Quality", "", f"Quality kind `{q.get('kind')}`.", "", *lines, ""] if lines else []
+
+
 def card_text(cfg: RunConfig, summary: dict[str, Any], *, fmt: str, data_files: list[str],
               sources: Counter | None = None) -> str:
     from huggingface_hub import DatasetCardData
@@ -66,7 +87,9 @@ def card_text(cfg: RunConfig, summary: dict[str, Any], *, fmt: str, data_files: 
                 "prompts": summary["prompts"], "probe_size": summary["probe_size"],
                 "generations_total": summary["generations_total"],
                 "generate_then_select_generations": summary["generate_then_select_generations"],
-                "teacher_counts": summary["teacher_counts"], "teacher_shares": summary["teacher_shares"]},
+                "teacher_counts": summary["teacher_counts"], "teacher_shares": summary["teacher_shares"],
+                **({"min_quality": f["min_quality"], "dropped_by_min_quality": f["dropped"]}
+                   if (f := summary.get("filter")) else {})},
     )
     p, g, rf = cfg.prompts, cfg.generation, router_facts(cfg, summary)
     sources = sources or Counter()
@@ -81,6 +104,7 @@ def card_text(cfg: RunConfig, summary: dict[str, Any], *, fmt: str, data_files: 
              f"- source of the rows: {sources.get('probe', 0)} probe (best-scored teacher's response), "
              f"{sources.get('routed', 0)} routed (the router's teacher)",
              f"- rows missing (failed or not yet generated): {len(summary.get('dataset_missing', []))}", "",
+             *quality_section(summary),
              "## Teachers", "",
              "| teacher | model | share | rows | generations | completion tokens | cost | licence |",
              "|---|---|---|---|---|---|---|---|"]

@@ -48,6 +48,11 @@ def export_run(run: Run) -> dict[str, Any]:
             continue
         dataset.append(dataset_row(p, g.text, teacher, "probe" if is_probe else "routed",
                                    **{kind: values.get(keys[p.id]) for kind, values in known.items()}))
+    quality = {"kind": cfg.quality.kind, **{src: quality_stats([r for r in dataset if r["source"] == src],
+                                                                   cfg.quality.kind)
+                                              for src in ("probe", "routed")}}
+    dataset, dropped = apply_min_quality(dataset, cfg.export.min_quality)
+    quality["dataset"] = quality_stats(dataset, cfg.quality.kind)
     out = cfg.path
     write_jsonl(out / "dataset.jsonl", dataset)
     write_jsonl(out / "routing.jsonl", routing_rows)
@@ -63,8 +68,35 @@ def export_run(run: Run) -> dict[str, Any]:
 
     routed = sum(len(r.candidates) for r in routing.values() if not r.probe)
     summary = build_summary(run, prompts, probe.prompts, dataset, missing, routed)
+    summary["quality"] = quality
+    summary["filter"] = dropped
     _write_summary(out, summary)
     return summary
+
+
+BINARY_QUALITY = ("math_answer", "gym")  # 1 = a verified correct answer, 0 = not
+
+
+def quality_stats(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """Rows, rows with a known quality, their mean quality and (answer-checking kinds) the share verified
+    correct, i.e. quality 1, among the scored rows."""
+    known = [float(r["quality"]) for r in rows if r.get("quality") is not None]
+    mean = round(sum(known) / len(known), 4) if known else None
+    correct = round(sum(q >= 1.0 for q in known) / len(known), 4) if known and kind in BINARY_QUALITY else None
+    return {"rows": len(rows), "scored": len(known), "mean": mean, "correct_share": correct}
+
+
+def apply_min_quality(rows: list[dict[str, Any]],
+                      min_quality: float | None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Verified filtering: the rows whose quality is at least min_quality, and what was dropped (None: no
+    filter). A row with unknown quality cannot be verified and is dropped, counted apart."""
+    if min_quality is None:
+        return rows, None
+    kept = [r for r in rows if r.get("quality") is not None and r["quality"] >= min_quality]
+    unknown = sum(r.get("quality") is None for r in rows)
+    by_teacher = Counter(r["teacher"] for r in rows) - Counter(r["teacher"] for r in kept)
+    return kept, {"min_quality": min_quality, "rows_before": len(rows), "dropped": len(rows) - len(kept),
+                  "dropped_unknown_quality": unknown, "dropped_by_teacher": dict(sorted(by_teacher.items()))}
 
 
 def _write_summary(out: Path, summary: dict[str, Any]) -> None:
@@ -96,7 +128,8 @@ def refresh_summary(run: Run) -> dict[str, Any]:
 
 
 def row_scores(run: Run, keys: list[str]) -> dict[str, dict[str, float | None]]:
-    """Raw quality and learnability of these generations where the store has them (probe rows; None elsewhere)."""
+    """Raw quality and learnability of these generations where the store has them (None elsewhere): probe rows,
+    and routed rows' quality when RunConfig.scores_routed_quality."""
     cfg, store = run.cfg, run.store
     out = {"quality": store.scores("quality", run.keys.quality_scorer, keys), "learnability": {}}
     if cfg.student is not None:
@@ -112,7 +145,7 @@ def build_summary(run: Run, prompts: list, probe: list, dataset: list[dict], mis
     for t in cfg.teachers:
         count, tokens, prompt_tokens, paid = store.generation_totals(run.keys.teacher(t), run.keys.params(t).as_dict())
         total_tokens += tokens
-        cost = paid or (tokens + prompt_tokens) / 1000 * t.cost_per_1k_tokens
+        cost = paid or t.cost(prompt_tokens, tokens)
         per_teacher[t.name] = {"generations": count, "completion_tokens": tokens, "cost": round(cost, 6)}
     shares = Counter(row["teacher"] for row in dataset)
     truncated = store.truncated_total("learnability", run.keys.learnability_scorer) if cfg.student else 0

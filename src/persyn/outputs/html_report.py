@@ -179,6 +179,13 @@ Generate-then-Select</div>
 <div class="card">saving<b>{{ "%.1f%%" % (100 * s.generation_saving) }}</b></div>
 <div class="card">tokens<b>{{ s.tokens_generated }}</b></div>
 <div class="card">cost<b>{{ "%.4f" % cost }}</b></div>
+{% for src in ["probe", "routed"] %}{% set st = (s.get("quality") or {}).get(src) %}
+{% if st and st.scored %}<div class="card" id="quality-{{ src }}">{{ src }} rows' quality<b>{{ "%.3f" % st.mean }}</b>
+{% if st.correct_share is not none %}{{ "%.1f%%" % (100 * st.correct_share) }} verified correct{% endif %}
+({{ st.scored }} of {{ st.rows }} scored)</div>{% endif %}{% endfor %}
+{% if s.get("filter") %}<div class="card" id="filter">dropped by min_quality {{ s.filter.min_quality }}
+<b>{{ s.filter.dropped }}</b>of {{ s.filter.rows_before }} rows ({{ s.filter.dropped_unknown_quality }} unknown)
+</div>{% endif %}
 </div>
 {% if s.stage_seconds %}<h3>Wall time per stage (last invocation)</h3>
 <table><tr>{% for k in s.stage_seconds %}<th>{{ k }}</th>{% endfor %}</tr>

@@ -45,7 +45,7 @@ def import_results(cfg: RunConfig, stage: str, teacher: str, results_path: Path)
         load_stage(run)
         pending = {r.key: r for r in pending_requests(run, stage_pairs(run, stage)).get(teacher, [])}
         counts = {"stored": 0, "failed": 0, "not_pending": 0}
-        for result in import_batch_results(results_path, cost_per_1k_tokens=t.cost_per_1k_tokens):
+        for result in import_batch_results(results_path, teacher=t):
             req = pending.get(result.key)
             if req is None:  # already stored, or from another stage or teacher: never stored twice
                 counts["not_pending"] += 1

@@ -1,10 +1,12 @@
 """The HTTP layer shared by the openai backend and server learnability: retries, backoff, token buckets, redaction.
 
-Every request is retried with exponential backoff and full jitter on 429, 5xx, timeouts, connection errors and
-bodies that parse but lack what the caller needs (`validate`). A server's Retry-After is a floor for the wait,
-unless it asks for more than the policy's cap: then the request fails at once (to be retried by a later run)
-and says so. Error bodies are redacted of the API key before they are cut to a snippet, so no part of a key
-ever reaches a message, a log or the store.
+Every request is retried with exponential backoff and full jitter on 408, 409, 424 (TGI's failed generation),
+429, 5xx, timeouts, connection errors and bodies that parse but lack what the caller needs (`validate`). A
+server's `retry-after-ms` (OpenAI) or Retry-After is a floor for the wait, unless it asks for more than the
+policy's cap: then the request fails at once (to be retried by a later run) and says so. `x-should-retry` (as
+OpenAI sends it) overrides the status: `false` fails the request at once, as does a 429 whose body says
+`insufficient_quota` (no wait refills a quota); `true` retries any status. Error bodies are redacted of the API
+key before they are cut to a snippet, so no part of a key ever reaches a message, a log or the store.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import httpx
 from persyn.errors import ConfigError
 
 log = logging.getLogger(__name__)
-RETRYABLE_STATUS = {408, 409, 429} | set(range(500, 600))
+RETRYABLE_STATUS = {408, 409, 424, 429} | set(range(500, 600))
 
 
 class FatalHTTPError(Exception):
@@ -111,6 +113,25 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def retry_after(headers: httpx.Headers) -> float | None:
+    """The wait a response asks for: `retry-after-ms` (OpenAI's, finer) over Retry-After; None when neither."""
+    try:
+        ms = float(headers.get("retry-after-ms", ""))
+    except ValueError:
+        return parse_retry_after(headers.get("retry-after"))
+    return max(0.0, ms / 1000) if ms == ms else parse_retry_after(headers.get("retry-after"))  # NaN: ignored
+
+
+def should_retry(resp: httpx.Response) -> bool:
+    """Whether a failed response is worth another attempt: the status, unless the server says otherwise."""
+    told = resp.headers.get("x-should-retry", "").strip().lower()
+    if told in ("true", "false"):
+        return told == "true"
+    if resp.status_code == 429 and "insufficient_quota" in resp.text:
+        return False
+    return resp.status_code in RETRYABLE_STATUS
+
+
 def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
@@ -180,11 +201,11 @@ async def _post_once(client: httpx.AsyncClient, url: str, body: dict[str, Any], 
         raise RetryableError("request timed out") from None
     except httpx.TransportError as exc:
         raise RetryableError(f"connection error: {type(exc).__name__}") from None
-    if resp.status_code in RETRYABLE_STATUS:
-        raise RetryableError(f"HTTP {resp.status_code}: {snippet(resp.text, secret)}",
-                             parse_retry_after(resp.headers.get("retry-after")))
     if resp.status_code >= 400:
-        raise FatalHTTPError(resp.status_code, f"HTTP {resp.status_code}: {snippet(resp.text, secret)}")
+        message = f"HTTP {resp.status_code}: {snippet(resp.text, secret)}"
+        if should_retry(resp):
+            raise RetryableError(message, retry_after(resp.headers))
+        raise FatalHTTPError(resp.status_code, message)
     try:
         data = resp.json()
         if not isinstance(data, dict):

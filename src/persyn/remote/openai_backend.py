@@ -1,10 +1,15 @@
-"""Teacher backend for any OpenAI-compatible chat-completions server (vLLM, SGLang, TGI, Ollama, hosted APIs).
+"""Teacher backend for any OpenAI-compatible server (vLLM, SGLang, TGI, llama-server, hosted APIs).
 
 Requests run concurrently on an asyncio loop in a background thread, bounded by a semaphore and token buckets
-(requests/min, tokens/min); each is retried with exponential backoff and full jitter on 429, 5xx, timeouts,
+(requests/min, tokens/min); each is retried with exponential backoff and full jitter on 424, 429, 5xx, timeouts,
 connection errors, unparsable bodies and replies without text (see persyn.remote.http). Results stream back to the
 caller as each request finishes; a request that still fails is returned with its error, so the store keeps it
-pending and the next run retries it.
+pending and the next run retries it. When the server refuses the first requests alike with a 4xx and answers
+none, the run stops with that refusal instead of failing every row.
+
+A request carries only what changes the output: the token limit, the temperature, top_p when below 1 and the
+seed when sampling (TGI refuses top_p=1, OpenAI's reasoning models refuse `max_tokens`). A teacher's own
+chat_template is rendered here and sent as text to /completions, so no server can ignore or refuse it.
 """
 
 from __future__ import annotations
@@ -14,15 +19,17 @@ import contextlib
 import json
 import math
 import queue
+import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
 from persyn.backends.base import GenRequest, GenResult, register_backend
-from persyn.chat import FEW_SHOT_STOP, few_shot_prefix
+from persyn.chat import FEW_SHOT_STOP, few_shot_prefix, render_template, template_text
 from persyn.errors import ConfigError
 from persyn.remote.http import (
     Counters,
@@ -33,23 +40,35 @@ from persyn.remote.http import (
     async_client,
     post_json,
     read_api_key,
+    snippet,
 )
 
 EXTRA_KEYS = {"body", "headers", "backoff_base_s", "backoff_max_s"}
+# OpenAI's reasoning models take max_completion_tokens and refuse max_tokens.
+REASONING_MODEL = re.compile(r"^(?:openai/)?(?:o\d+(?:-|$)|gpt-5)")
+FAIL_FAST = 3  # this many identical 4xx refusals, and no answer yet: every request would be refused alike
 
 
 def _require_content(data: dict[str, Any]) -> None:
-    """A usable reply has a first choice with text: anything else (no choices, `content: null`) is retried."""
+    """A usable reply has a first choice with text or a refusal: anything else (no choices, `content: null`
+    without a refusal) is retried."""
     choices = data["choices"]
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ValueError("no choices")
-    if not isinstance(_choice_text(choices[0]), str):
+    if not isinstance(_choice_text(choices[0]), str) and _refusal(choices[0]) is None:
         raise ValueError("the response has no message content")
 
 
 def _choice_text(choice: dict[str, Any]) -> Any:
     message = choice.get("message")
     return message.get("content") if isinstance(message, dict) else choice.get("text")
+
+
+def _refusal(choice: dict[str, Any]) -> str | None:
+    """OpenAI's refusal: `content: null` and the reason in `message.refusal` (vLLM sends `refusal: null`)."""
+    message = choice.get("message")
+    refusal = message.get("refusal") if isinstance(message, dict) else None
+    return refusal if isinstance(refusal, str) and refusal.strip() else None
 
 
 @register_backend("openai")
@@ -73,20 +92,24 @@ class OpenAIBackend:
             read_api_key(teacher.api_key_env, key=f"{prefix}.api_key_env")  # fail early; re-read when sending
         self.base_url = teacher.base_url.rstrip("/")
         self.few_shot = uses_completions(teacher)
+        self.template = None if self.few_shot else teacher_template(teacher)
         self.policy = RetryPolicy(teacher.max_retries, float(teacher.extra.get("backoff_base_s", 1.0)),
                                   float(teacher.extra.get("backoff_max_s", 60.0)), teacher.retry_after_max_s)
         self.counters = Counters()
+        self._refusals: Counter[str] = Counter()
+        self._answered = 0
 
     def fingerprint(self) -> str:
         # The server address is part of it: another server may serve other weights under the same model name.
+        # A template by its content: an edited .jinja file is another teacher.
+        template = self.template if self.template is not None else self.teacher.chat_template
         return json.dumps({"backend": "openai", "base_url": self.base_url, "model": self.teacher.model,
-                           "few_shot": self.few_shot,
-                           "chat_template": self.teacher.chat_template,
+                           "few_shot": self.few_shot, "chat_template": template,
                            "body": self.teacher.extra.get("body", {})}, sort_keys=True)
 
     def request_body(self, request: GenRequest) -> tuple[str, dict[str, Any]]:
         """(path, JSON body) of one request; also used by the Batch API export."""
-        return request_body(self.teacher, request, few_shot=self.few_shot)
+        return request_body(self.teacher, request, few_shot=self.few_shot, template=self.template)
 
     def generate(self, requests: list[GenRequest]) -> Iterator[GenResult]:
         if not requests:
@@ -134,6 +157,8 @@ class OpenAIBackend:
         tpm = TokenBucket(t.tokens_per_minute) if t.tokens_per_minute else None
         headers = {str(k): str(v) for k, v in t.extra.get("headers", {}).items()}
         api_key = read_api_key(t.api_key_env, key=f"teachers.{t.name}.api_key_env")
+        self._refusals.clear()
+        self._answered = 0
         async with async_client(api_key=api_key, max_concurrency=t.max_concurrency, timeout_s=t.timeout_s,
                                 headers=headers) as client:
 
@@ -165,8 +190,10 @@ class OpenAIBackend:
         except FatalHTTPError as exc:
             if exc.status in (401, 403, 404):  # every other request would fail the same way
                 raise self._fatal(exc, has_key=api_key is not None) from None
+            self._fail_fast(exc)
             self.counters.failed += 1
             return GenResult(key=req.key, text=None, seconds=time.monotonic() - start, error=str(exc))
+        self._answered += 1
         result = self._to_result(req.key, data, time.monotonic() - start)
         if result.text is None:
             self.counters.failed += 1
@@ -175,6 +202,16 @@ class OpenAIBackend:
         if tpm:
             tpm.refund(estimate - (result.prompt_tokens + result.completion_tokens or estimate))
         return result
+
+    def _fail_fast(self, exc: FatalHTTPError) -> None:
+        """Stop when the server refused FAIL_FAST requests with the same 4xx and answered none: a setting it
+        rejects (top_p=1 on TGI, max_tokens on o3, a spent quota) that every further request would meet."""
+        if not 400 <= exc.status < 500:
+            return
+        self._refusals[str(exc)] += 1
+        if self._answered == 0 and self._refusals[str(exc)] >= FAIL_FAST:
+            raise ConfigError(f"the server refused the first {FAIL_FAST} requests alike and answered none, so the "
+                              f"run stops; the server said: {exc}", key=f"teachers.{self.name}")
 
     def _fatal(self, exc: FatalHTTPError, *, has_key: bool) -> Exception:
         prefix = f"teachers.{self.name}"
@@ -185,7 +222,7 @@ class OpenAIBackend:
         return ConfigError(f"the server does not serve this model or path ({exc})", key=f"{prefix}.model")
 
     def _to_result(self, key: str, data: dict[str, Any], seconds: float) -> GenResult:
-        return result_from_body(key, data, seconds, self.teacher.cost_per_1k_tokens)
+        return result_from_body(key, data, seconds, self.teacher)
 
     def close(self) -> None:
         return None
@@ -196,24 +233,48 @@ def uses_completions(teacher: Any) -> bool:
     return teacher.few_shot is True or (teacher.few_shot is None and teacher.chat_template == "few-shot")
 
 
-def request_body(teacher: Any, request: GenRequest, *, few_shot: bool) -> tuple[str, dict[str, Any]]:
+def teacher_template(teacher: Any) -> str | None:
+    """The teacher's own chat template as text (a .jinja file read), None when it has none or is few-shot."""
+    if teacher.chat_template in (None, "few-shot"):
+        return None
+    return template_text(teacher.chat_template, key=f"teachers.{teacher.name}.chat_template")
+
+
+def token_limit_field(teacher: Any) -> str:
+    if teacher.max_tokens_param != "auto":
+        return teacher.max_tokens_param
+    return "max_completion_tokens" if REASONING_MODEL.match(teacher.model or "") else "max_tokens"
+
+
+def request_body(teacher: Any, request: GenRequest, *, few_shot: bool,
+                 template: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(path, body): chat messages, or a text prompt on /completions (few-shot, or rendered with `template`)."""
     p = request.params
-    body: dict[str, Any] = {"model": teacher.model, "max_tokens": p.max_new_tokens,
-                            "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed}
+    body: dict[str, Any] = {"model": teacher.model, "temperature": p.temperature}
+    if p.top_p < 1:  # 1 is no cut: every API's default, and out of TGI's range
+        body["top_p"] = p.top_p
+    if p.temperature > 0:  # greedy decoding has no use for a seed
+        body["seed"] = p.seed
     if few_shot:
         path = "/completions"
-        body.update(prompt=f"{few_shot_prefix()}Question: {request.prompt}\nAnswer:", stop=[FEW_SHOT_STOP])
+        body.update(prompt=f"{few_shot_prefix()}Question: {request.prompt}\nAnswer:", stop=[FEW_SHOT_STOP],
+                    max_tokens=p.max_new_tokens)
+    elif template is not None:
+        path = "/completions"
+        body.update(prompt=render_template(template, request.prompt, key=f"teachers.{teacher.name}.chat_template"),
+                    max_tokens=p.max_new_tokens)
     else:
         path = "/chat/completions"
         body["messages"] = [{"role": "user", "content": request.prompt}]
-        if teacher.chat_template and teacher.chat_template != "few-shot":
-            body["chat_template"] = teacher.chat_template  # a vLLM/SGLang extension
+        body[token_limit_field(teacher)] = p.max_new_tokens
     body.update(teacher.extra.get("body", {}))
     return path, body
 
 
-def result_from_body(key: str, data: dict[str, Any], seconds: float, cost_per_1k: float) -> GenResult:
-    """A GenResult from a chat-completions (or completions) response body."""
+def result_from_body(key: str, data: dict[str, Any], seconds: float, teacher: Any, *,
+                     batch: bool = False) -> GenResult:
+    """A GenResult from a chat-completions (or completions) response body; empty, refused and truncated replies
+    are failures or kept as the teacher's empty_response and truncated_response say."""
     choice = data["choices"][0]
     text = _choice_text(choice)
     if not isinstance(choice.get("message"), dict) and isinstance(text, str):
@@ -221,15 +282,31 @@ def result_from_body(key: str, data: dict[str, Any], seconds: float, cost_per_1k
     usage = data.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     prompt_tokens, completion_tokens = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-    extra: dict[str, Any] = {"finish_reason": choice.get("finish_reason")}
+    finish = choice.get("finish_reason")
+    extra: dict[str, Any] = {"finish_reason": finish}
     if prompt_tokens is None or completion_tokens is None:
         extra["usage_missing"] = True  # unusable usage counts as none: no tokens, no cost, never a crash
         prompt_tokens = completion_tokens = None
     prompt_tokens, completion_tokens = prompt_tokens or 0, completion_tokens or 0
+    cost = teacher.cost(prompt_tokens, completion_tokens, batch=batch)
+    refusal = _refusal(choice) if not isinstance(text, str) else None
+    if refusal is not None:
+        text, extra["refusal"] = refusal, True
     if not isinstance(text, str):
         return GenResult(key=key, text=None, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                          seconds=seconds, error="the response has no message content", extra=extra)
-    cost = (prompt_tokens + completion_tokens) / 1000 * cost_per_1k
+    error = None
+    if teacher.empty_response == "fail" and refusal is not None:
+        error = f"the model refused: {snippet(refusal)} (empty_response: keep stores refusals)"
+    elif teacher.empty_response == "fail" and text == "":
+        why = (": max_new_tokens ran out before any answer (a reasoning model's thinking?); raise it"
+               if finish == "length" else "")
+        error = f"empty response (finish_reason {finish}){why}; empty_response: keep stores empty replies"
+    elif teacher.truncated_response == "fail" and finish == "length":
+        error = "the response was cut at max_new_tokens (finish_reason length) and truncated_response is fail"
+    if error is not None:  # paid for all the same
+        return GenResult(key=key, text=None, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                         seconds=seconds, cost=cost, error=error, extra=extra)
     return GenResult(key=key, text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                      seconds=seconds, cost=cost, extra=extra)
 

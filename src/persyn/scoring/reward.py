@@ -97,7 +97,7 @@ def reward_matrix(quality: np.ndarray, learnability: np.ndarray | None, alpha: f
     return out
 
 
-def scored_rewards(quality: np.ndarray, learnability: np.ndarray, present: np.ndarray, empty: np.ndarray,
+def scored_rewards(quality: np.ndarray, learnability: np.ndarray, present: np.ndarray, empty: np.ndarray | None,
                    alpha: float, method: str = "minmax") -> np.ndarray:
     """Rewards [P, T] from stored raw scores: a failed generation or a missing score drops out (NaN), an empty
     response scores the worst, and a component alpha does not use is ignored."""

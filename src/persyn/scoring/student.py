@@ -24,4 +24,4 @@ def student_learnability(student: StudentConfig, prompts: list[str], responses: 
     model, tokenizer = load_causal_lm(student.model, dtype=student.dtype, trust_remote_code=student.trust_remote_code)
     return learnability_scores(model, tokenizer, prompts, responses, chat_template=student.chat_template,
                                few_shot=student.few_shot, max_length=student.max_length,
-                               batch_tokens=student.batch_tokens)
+                               batch_tokens=student.batch_tokens, pack=student.pack, compile=student.compile)

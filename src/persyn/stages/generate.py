@@ -57,6 +57,13 @@ def generate_stage(run: Run) -> None:
     else:
         _cascade(run)
     select_candidates(run)
+    score_routed(run)
+
+
+def score_routed(run: Run) -> None:
+    """Quality of every routed response the store lacks, when RunConfig.scores_routed_quality."""
+    if run.cfg.scores_routed_quality:
+        score_prompts(run, [p for p, _ in routed(run)], "routed", kinds=("quality",))
 
 
 def _cascade(run: Run) -> None:

@@ -8,6 +8,7 @@ from persyn.progress import progress
 from persyn.prompts import Prompt
 from persyn.run import Run, probe_prompts, prompt_generations
 from persyn.stages.work import fail_if_all_failed
+from persyn.store import Meta
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def _score_learnability(run: Run, keys: list[str], gens: dict, prompt_of: dict[s
     # Long responses first, so the batcher's length sort works on a full chunk and the ETA errs high.
     missing.sort(key=lambda k: len(gens[k].text or ""), reverse=True)
     assert run.cfg.student is not None
+    if missing:
+        check_student_server(run)
     failed, first_error = 0, ""
     with progress(f"{label}: learnability", len(missing)) as advance:
         for i in range(0, len(missing), SCORE_CHUNK):
@@ -87,3 +90,28 @@ def _score_learnability(run: Run, keys: list[str], gens: dict, prompt_of: dict[s
     if failed:
         log.warning("%s: %d learnability scores failed and stay pending for the next run", label, failed)
     fail_if_all_failed(label, "learnability requests", len(missing), failed, first_error)
+
+
+def check_student_server(run: Run) -> None:
+    """Before the first server score of this learnability key: does the server run the student's weights? The
+    answer is remembered in the store, so the check costs one local load per key, not one per run."""
+    student = run.cfg.student
+    if student is None or not student.server_url or not student.server_check:
+        return
+    scorer_id = run.keys.learnability_scorer
+    if run.store.get_meta(Meta.STUDENT_SERVER_CHECKED) == scorer_id:
+        return
+    from persyn.models import causal_lm_key, is_loaded, load_causal_lm, unload
+    from persyn.scoring.server_logprobs import check_student_server as check
+
+    key = causal_lm_key(student.model, dtype=student.dtype, trust_remote_code=student.trust_remote_code)
+    resident = is_loaded(key)
+    model, tokenizer = load_causal_lm(student.model, dtype=student.dtype, trust_remote_code=student.trust_remote_code)
+    try:
+        diff = check(student, model, tokenizer)
+    finally:
+        if not resident:
+            unload(key)
+    if diff is not None:
+        log.info("the student's server agrees with the local student (%.4f nats/token)", diff)
+        run.store.set_meta(Meta.STUDENT_SERVER_CHECKED, scorer_id)

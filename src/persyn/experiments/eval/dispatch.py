@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from persyn.errors import ConfigError
-from persyn.experiments.eval import gsm8k, harness, ifeval
+from persyn.experiments.eval import gsm8k, gym, harness, ifeval
 from persyn.experiments.eval.common import Benchmark
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (gsm8k.BENCHMARK, ifeval.BENCHMARK, harness.BENCHMARK)}
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (gsm8k.BENCHMARK, gym.BENCHMARK, ifeval.BENCHMARK,
+                                                         harness.BENCHMARK)}
 RESERVED = ("model_spec", "output_path")  # given by evaluate itself, never by a spec
 
 
