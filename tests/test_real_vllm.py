@@ -60,7 +60,8 @@ class VLLMServer:
     def start(self) -> None:
         cmd = [str(VENV / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
                "--served-model-name", SERVED, "--max-model-len", str(MAX_MODEL_LEN), "--dtype", "float32",
-               "--seed", "0", "--host", "127.0.0.1", "--port", str(self.port)]
+               "--seed", "0", "--host", "127.0.0.1", "--port", str(self.port),
+               "--enforce-eager"]  # no torch.compile: it took most of the start-up, minutes on a busy 2-core CPU
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
         began = time.monotonic()
         with open(self.log_path, "ab") as log:
