@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tokenizer
+from helpers import build_tokenizer
 from test_scoring import PROMPTS, RESPONSES
 from transformers import (
     AutoModelForCausalLM,
