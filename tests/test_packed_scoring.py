@@ -171,7 +171,7 @@ def test_pack_choice(llama, tok, monkeypatch):
 
 
 def test_student_pack_config_reaches_the_scorer(tiny_lm_dir, monkeypatch):
-    from persyn.executors.local import student_learnability
+    from persyn.scoring.student import student_learnability
 
     assert StudentConfig(model="m").pack == "auto"
     with pytest.raises(ValueError, match="pack"):
