@@ -211,7 +211,13 @@ def main() -> None:
         args.compile = device == "cuda"
     if args.tiny:
         args.repeat = 1
-    tok = load_tokenizer(args.tokenizer)
+    if Path(args.tokenizer).is_dir():  # the tokenizer files alone travel to a lent GPU, without a config.json
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.tokenizer)
+        tok.pad_token = tok.pad_token or tok.eos_token
+    else:
+        tok = load_tokenizer(args.tokenizer)
     out: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": str(dtype),
                  "torch": torch.__version__, "batch_tokens": args.batch_tokens, "command": " ".join(sys.argv)}
     n = 8192 if device == "cuda" else 1024
