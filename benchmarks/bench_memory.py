@@ -58,7 +58,7 @@ def write_config(tmp: Path, n: int, max_new_tokens: int, resident: int) -> Path:
         "teachers": [{"name": name, "model": name} for name in TEACHERS],
         "student": {"model": STUDENT, "max_length": 512}, "reward": {"alpha": 1.0},
         "probe": {"size": max(2, n // 2)}, "generation": {"max_new_tokens": max_new_tokens, "batch_size": 4},
-        "router": {"backbone": "student", "epochs": 5}, "max_resident_models": resident,
+        "router": {"backbone": "student", "bt": {"epochs": 5}}, "max_resident_models": resident,
     }
     path = tmp / f"config-{resident}.json"
     path.write_text(json.dumps(cfg))

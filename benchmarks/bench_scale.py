@@ -72,7 +72,7 @@ def make_pool(root: Path, n_prompts: int, n_teachers: int, probe: int, seed: int
         "quality": {"kind": "field"},
         "reward": {"alpha": 0.5},
         "probe": {"size": probe, "seed": 0},
-        "router": {"epochs": 50, "seed": 0},
+        "router": {"bt": {"epochs": 50}, "seed": 0},
     }
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))

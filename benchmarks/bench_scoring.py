@@ -1,13 +1,14 @@
 """Learnability scoring throughput on SmolLM2-135M-Instruct (CPU, 2 threads by default), on real GSM8K answers and
 real AlpacaEval responses.
 
-Side by side in one process, each the best of `--repeat` interleaved runs: persyn's scorer against the plain loop
-anyone would write (length-sorted batches of 8, right-padded with an attention mask, full logits and log_softmax)
-and against one unpadded sequence at a time (persyn's own reference, `naive_learnability`). It checks that all three
-agree within 1e-3 and prints tokens/s, the ratios, and a roofline (the forward FLOPs over the GEMM FLOP/s measured
-just before). Wall and CPU (process) seconds are both shown: on a shared machine the CPU seconds are steadier.
+Side by side in one process, each the best of `--repeat` interleaved runs: persyn's scorer (padded batches, and
+packed into rows without padding) against the plain loop anyone would write (length-sorted batches of 8,
+right-padded with an attention mask, full logits and log_softmax) and against one unpadded sequence at a time
+(persyn's own reference, `naive_learnability`). It checks that all of them agree within 1e-3 and prints tokens/s,
+the ratios, and a roofline (the forward FLOPs over the GEMM FLOP/s measured just before). Wall and CPU (process)
+seconds are both shown: on a shared machine the CPU seconds are steadier.
 
-    python benchmarks/bench_scoring.py [--alpaca 48] [--gsm8k 64] [--threads 2] [--repeat 2]
+    python benchmarks/bench_scoring.py [--alpaca 48] [--gsm8k 64] [--threads 2] [--repeat 2] [--bf16]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from common import alpaca_eval_pairs, forward_flops, gemm_peak, gsm8k_pairs
 
 from persyn.models import load_causal_lm
-from persyn.scoring.learnability import Encoded, _Encoder, learnability_scores, naive_learnability
+from persyn.scoring.learnability import Encoded, Encoder, learnability_scores, naive_learnability
 
 
 def plain_loop(model, tok, enc: list[Encoded], batch: int = 8) -> list[float]:
@@ -55,7 +56,7 @@ def best_of(fn, repeat: int) -> tuple[float, float, list[float]]:
 
 
 def bench(name: str, model, tok, prompts: list[str], responses: list[str], args, peak: float) -> None:
-    enc_all = _Encoder(tok, None, None, args.max_length)(prompts, responses)
+    enc_all = Encoder(tok, None, None, args.max_length)(prompts, responses)
     keep = [i for i, e in enumerate(enc_all) if e is not None]
     prompts, responses = [prompts[i] for i in keep], [responses[i] for i in keep]
     enc = [enc_all[i] for i in keep]
@@ -67,7 +68,10 @@ def bench(name: str, model, tok, prompts: list[str], responses: list[str], args,
     methods = {
         "plain loop, batches of 8": lambda: plain_loop(model, tok, enc),
         "persyn scorer": lambda: learnability_scores(model, tok, prompts, responses, max_length=args.max_length,
-                                                     batch_tokens=args.batch_tokens).values,
+                                                     batch_tokens=args.batch_tokens, pack=False).values,
+        "persyn scorer, packed": lambda: learnability_scores(model, tok, prompts, responses,
+                                                             max_length=args.max_length,
+                                                             batch_tokens=args.batch_tokens, pack=True).values,
     }
     results = {m: [float("inf"), float("inf"), []] for m in methods}
     for _ in range(args.repeat):  # interleaved, so a burst of load elsewhere hits both
@@ -87,9 +91,22 @@ def bench(name: str, model, tok, prompts: list[str], responses: list[str], args,
         assert diff < 1e-3, f"{m} disagrees with the plain loop by {diff}"
     print(f"roofline (FLOPs / GEMM peak): {flops / peak:.1f} s; persyn scorer at "
           f"{results['persyn scorer'][0] / (flops / peak):.2f}x the roofline time (wall)")
+    for m in ("persyn scorer", "persyn scorer, packed"):
+        w, c = results[m][:2]
+        print(f"{name}: {m} vs the plain loop {base_w / w:.2f}x (wall), {base_c / c:.2f}x (CPU); vs the unpadded "
+              f"loop {results['unpadded loop, one at a time'][0] / w:.2f}x (wall)")
+    pw, pc = results["persyn scorer, packed"][:2]
     w, c = results["persyn scorer"][:2]
-    print(f"{name}: persyn vs the plain loop {base_w / w:.2f}x (wall), {base_c / c:.2f}x (CPU); vs the unpadded loop "
-          f"{results['unpadded loop, one at a time'][0] / w:.2f}x (wall)")
+    print(f"{name}: packed vs padded persyn scorer {w / pw:.2f}x (wall), {c / pc:.2f}x (CPU)")
+    if args.bf16:
+        half, _ = load_causal_lm(args.model, dtype="bfloat16", device="cpu")
+        ref = results["persyn scorer"][2]
+        for pack in (False, True):
+            values = learnability_scores(half, tok, prompts, responses, max_length=args.max_length,
+                                         batch_tokens=args.batch_tokens, pack=pack).values
+            d = [abs(a - b) for a, b in zip(values, ref, strict=True)]
+            print(f"{name}: bf16 {'packed' if pack else 'padded'} vs fp32 padded: max |diff| {max(d):.1e}, "
+                  f"mean {sum(d) / len(d):.1e} nats/token")
 
 
 def main() -> None:
@@ -101,6 +118,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--max-length", type=int, default=1024, help="the scoring context (student.max_length)")
+    ap.add_argument("--bf16", action="store_true", help="also score in bfloat16, packed and padded, against fp32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_causal_lm(args.model, dtype="float32", device="cpu")

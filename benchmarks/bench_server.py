@@ -20,8 +20,8 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 from openai_server import serve  # noqa: E402
 
 from persyn.backends.base import GenParams, GenRequest  # noqa: E402
-from persyn.backends.openai_backend import OpenAIBackend  # noqa: E402
 from persyn.config import TeacherConfig  # noqa: E402
+from persyn.remote.openai_backend import OpenAIBackend  # noqa: E402
 
 PROMPTS = ["What is 12 times 7?", "Write a short poem about the sea.", "Why is the sky blue?",
            "How many clips did Natalia sell in April and May?"]

@@ -58,7 +58,7 @@ def logged_config(tmp_path: Path, prompts: list[str], answer: Any, *, probe: int
         "quality": {"kind": "field"},
         "reward": {"alpha": 0.0},
         "probe": {"size": probe},
-        "router": {"backbone": str(backbone), "pooling": "last", "epochs": 5},
+        "router": {"backbone": str(backbone), "pooling": "last", "bt": {"epochs": 5}},
     }
 
 
@@ -92,13 +92,14 @@ def install(point: str, call_log: Path, pause: bool = False) -> Faults:
     import persyn.executors.local as local
     import persyn.pipeline as pipeline
     import persyn.router.embed as embed
+    import persyn.stages.score as score
     from persyn.backends.base import make_backend, register_backend
     from persyn.router.bt import BTRouter
     from persyn.router.ridge import RidgeRouter
 
     torch.set_num_threads(1)  # the same float arithmetic in every run, and kind to a shared machine
     faults = Faults(point, call_log, pause)
-    pipeline.SCORE_CHUNK = SCORE_CHUNK
+    score.SCORE_CHUNK = SCORE_CHUNK
     embed.EMBED_CHUNK = EMBED_CHUNK
 
     for name, func in list(pipeline.STAGE_FUNCS.items()):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import read_jsonl
 
 from persyn.cli import main
 
@@ -39,7 +40,7 @@ def recorded_setup(tmp_path: Path, prompts: list[str] = PROMPTS, outputs: dict |
         "quality": {"kind": "field"},
         "reward": {"alpha": 0.0},
         "probe": {"size": 4},
-        "router": {"epochs": 5},
+        "router": {"bt": {"epochs": 5}},
     }
 
 
@@ -118,7 +119,8 @@ def without_teacher_key(cfg: dict, key: str) -> dict:
 # (name, config edit, expected message): each names the config key.
 CONFIG_CASES = [
     ("unknown_key", lambda c: {**c, "bogus": 1}, "c.yaml: bogus: unknown key"),
-    ("unknown_nested_key", lambda c: {**c, "router": {"epochs": 5, "colour": "red"}}, "router.colour: unknown key"),
+    ("unknown_nested_key", lambda c: {**c, "router": {"bt": {"epochs": 5}, "colour": "red"}},
+     "router.colour: unknown key"),
     ("wrong_type", lambda c: {**c, "reward": {"alpha": "lots"}}, "reward.alpha: Input should be a valid number"),
     ("out_of_range", lambda c: {**c, "probe": {"size": -3}}, "probe.size: Input should be greater than 0"),
     ("wrong_type_in_teacher", lambda c: {**c, "teachers": [c["teachers"][0], {**c["teachers"][1],
@@ -191,7 +193,7 @@ def test_missing_reference_answer_for_math_answer(tmp_path, capsys):
 
 def test_bad_recorded_responses_file_is_located(tmp_path, capsys, tiny_lm_dir):
     cfg = recorded_setup(tmp_path)
-    cfg["router"] = {"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 5}
+    cfg["router"] = {"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 5}}
     rows = (tmp_path / "b.jsonl").read_text().splitlines()
     rows[3] = rows[3].replace('"quality": 0.3', '"quality": "good"')
     (tmp_path / "b.jsonl").write_text("\n".join(rows) + "\n")
@@ -200,7 +202,7 @@ def test_bad_recorded_responses_file_is_located(tmp_path, capsys, tiny_lm_dir):
 
 def test_duplicates_are_removed_with_a_warning(tmp_path, capsys, caplog, tiny_lm_dir):
     cfg = recorded_setup(tmp_path)
-    cfg["router"] = {"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 5}
+    cfg["router"] = {"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 5}}
     write_jsonl(tmp_path / "p.jsonl", [{"instruction": p} for p in PROMPTS + PROMPTS[:3]])
     with caplog.at_level(logging.WARNING):
         main(["run", str(write_config(tmp_path, cfg))])
@@ -214,17 +216,17 @@ def test_empty_responses_are_recorded_and_score_the_worst(tmp_path, capsys, tiny
     """Teacher b answers nothing (with a high judge score); its empty rows are kept, never win, never crash
     learnability, and the router learns to avoid b."""
     cfg = recorded_setup(tmp_path, outputs={"b": lambda i, p: "" if i % 2 else "   "})
-    b_rows = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    b_rows = read_jsonl(tmp_path / "b.jsonl")
     write_jsonl(tmp_path / "b.jsonl", [{**r, "quality": 1.0} for r in b_rows])
     cfg.update(reward={"alpha": 0.5}, student={"model": str(tiny_lm_dir)},
-               router={"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 5})
+               router={"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 5}})
     main(["run", str(write_config(tmp_path, cfg))])
     run_dir = tmp_path / "run"
     db = sqlite3.connect(run_dir / "persyn.sqlite")
     texts = db.execute("SELECT text, error FROM generations WHERE teacher='b'").fetchall()
     db.close()
     assert len(texts) == 4 and all(t.strip() == "" and e is None for t, e in texts)  # recorded, not failures
-    scores = [json.loads(line) for line in (run_dir / "scores.jsonl").read_text().splitlines()]
+    scores = read_jsonl(run_dir / "scores.jsonl")
     by_prompt: dict[str, dict[str, dict]] = {}
     for s in scores:
         by_prompt.setdefault(s["id"], {})[s["teacher"]] = s
@@ -233,7 +235,7 @@ def test_empty_responses_are_recorded_and_score_the_worst(tmp_path, capsys, tiny
         assert row["b"]["learnability"] is None and row["a"]["learnability"] < 0
         assert row["b"]["quality"] == 1.0 > row["a"]["quality"]  # the judge liked it; it is still the worst
         assert row["b"]["reward"] < row["a"]["reward"]
-    dataset = [json.loads(line) for line in (run_dir / "dataset.jsonl").read_text().splitlines()]
+    dataset = read_jsonl(run_dir / "dataset.jsonl")
     assert len(dataset) == len(PROMPTS) and {r["teacher"] for r in dataset} == {"a"}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["per_teacher"]["b"]["generations"] == 4 and summary["failed_generations"] == []
@@ -247,7 +249,7 @@ def test_responses_longer_than_the_students_context_are_truncated_and_counted(tm
                          outputs={"a": lambda i, p: ("the sea is wide and blue " * 60) if i in long_ids else "ok",
                                   "b": lambda i, p: "short answer"})
     cfg.update(reward={"alpha": 1.0}, student={"model": str(tiny_lm_dir), "max_length": 64},
-               router={"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 5, "max_length": 32},
+               router={"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 5}, "max_length": 32},
                probe={"size": 8})
     config = write_config(tmp_path, cfg)
     main(["run", str(config)])
@@ -257,6 +259,6 @@ def test_responses_longer_than_the_students_context_are_truncated_and_counted(tm
     main(["run", str(config)])  # a re-run scores nothing, and still reports the run's total
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["responses_truncated_for_scoring"] == 4 and summary["responses_truncated_this_invocation"] == 0
-    scores = [json.loads(line) for line in (tmp_path / "run" / "scores.jsonl").read_text().splitlines()]
+    scores = read_jsonl(tmp_path / "run" / "scores.jsonl")
     assert len(scores) == 16 and all(s["learnability"] is not None and s["learnability"] < 0 for s in scores)
     assert summary["dataset_rows"] == 8

@@ -7,16 +7,17 @@ import json
 import numpy as np
 import pytest
 import yaml
-from test_pipeline import BEST, read_jsonl, recorded_config, recorded_pool
+from helpers import BEST, read_jsonl, recorded_config, recorded_pool
 
-from persyn import budget as budget_module
-from persyn.budget import allocate, candidate_rule, cascade_next, eq2_rows, keep_best
 from persyn.cli import main
 from persyn.config import parse_config
 from persyn.errors import ConfigError
-from persyn.pipeline import open_run, rewards_for, run_stages
+from persyn.pipeline import run_stages
 from persyn.router import RidgeRouter, load_router
-from persyn.scoring.reward import reward_matrix
+from persyn.run import RewardMatrices, open_run, rewards_for
+from persyn.scoring.reward import reward_matrix, reward_rows
+from persyn.stages import budget as budget_module
+from persyn.stages.budget import allocate, candidate_rule, cascade_next, keep_best
 
 
 def topic_data(n: int, seed: int, noise: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +130,7 @@ def test_keep_best_with_every_teacher_asked_is_eq2(method, alpha):
     # the rows of Eq. 2 the rule completes are reward_matrix's, for every normalisation
     Qf = np.where(empty, np.nan, Q if alpha < 1 else 0.0)
     Lf = np.where(empty, np.nan, L if alpha > 0 else 0.0)
-    mine = eq2_rows(Qf, Lf, alpha, method)
+    mine = reward_rows(Qf, Lf, alpha, method)
     ref = reward_matrix(Qf, Lf if alpha > 0 else None, alpha, method)
     np.testing.assert_allclose(np.nan_to_num(mine, nan=-9.0), np.nan_to_num(ref, nan=-9.0), atol=1e-12)
 
@@ -146,8 +147,9 @@ def test_keep_best_is_deterministic_and_ignores_which_prompts_share_a_call():
 
 
 def test_stage_and_frontier_keep_candidates_with_the_same_function(tmp_path, monkeypatch, tiny_lm_dir):
-    """Both call persyn.budget.keep_best: replaced by one that keeps the last candidate, both follow it."""
-    from persyn.frontier import frontier_for_split
+    """Both call persyn.stages.budget.keep_best: replaced by one that keeps the last candidate, both follow it."""
+    from persyn.config import RewardConfig
+    from persyn.experiments.frontier import frontier_for_split
 
     calls = []
 
@@ -159,7 +161,8 @@ def test_stage_and_frontier_keep_candidates_with_the_same_function(tmp_path, mon
     (pq, pl), (Q, L) = typed_pool()
     R = reward_matrix(Q, L, 0.4)
     S = np.tile([0.9, 0.8, 0.1, 0.0, 0.0], (len(Q), 1))
-    rows = frontier_for_split(S, reward_matrix(pq, pl, 0.4), pq, pl, R, Q, L, 0.4, "minmax", [2.0])
+    rows = frontier_for_split(S, RewardMatrices([], pq, pl, reward_matrix(pq, pl, 0.4)), RewardMatrices([], Q, L, R),
+                              reward=RewardConfig(alpha=0.4), budgets=[2.0])
     router = next(r for r in rows if r["method"] == "router")
     assert calls and router["mean_reward"] == pytest.approx(R[:, 1].mean())
 
@@ -219,7 +222,9 @@ def test_budget_generation_count_is_exact_and_a_rerun_generates_nothing(tmp_path
     assert first.generated == k * T
     run = open_run(cfg)
     try:
-        from persyn.pipeline import generate_pairs, load_stage, stage_pairs
+        from persyn.stages.generate import generate_pairs
+        from persyn.stages.load import load_stage
+        from persyn.stages.work import stage_pairs
 
         load_stage(run)
         generate_pairs(run, stage_pairs(run, "generate")[:25], "partial")

@@ -22,7 +22,7 @@ def tiny_example(tmp_path, shared_data, tiny_lm_dir) -> Path:
     data["prompts"]["limit"] = 24
     data["probe"]["size"] = 12
     data["student"] = {"model": str(tiny_lm_dir), "max_length": 256}
-    data["router"] = {"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 10}
+    data["router"] = {"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 10}}
     data["train"] = {"max_steps": 2, "batch_size": 2, "max_length": 128}
     data["compare"]["strategies"].append("teacher:gemma-2b-it")
     data["eval"]["benchmarks"].append({"name": "gym", "items": "gym:basic_arithmetic+chain_sum:6:9"})
@@ -53,9 +53,18 @@ def test_tiny_compare_trains_evaluates_reports_and_resumes(tmp_path, shared_data
     assert strategies["oracle"]["generations_needed"] == 24 * 3 and strategies["oracle"]["needs_all_responses"]
     assert strategies["random"]["generations_needed"] == 24
     assert strategies["persyn"]["generations_needed"] == 12 * 3 + 12
-    # The same seed and data give the same student; another seed a different one.
+    # The same seed and data give the same student (trained again elsewhere: the same loss and weights, byte for
+    # byte); another seed a different one.
+    from persyn.config import load_config
+    from persyn.experiments.compare import train_config
+    from persyn.experiments.train import train_student
+
     p0, p1 = (strategies["persyn"]["runs"][i]["train_loss"] for i in (0, 1))
-    assert p0 != p1
+    again = train_student(train_config(load_config(config), tmp_path / "again", 0), out / "persyn" / "dataset.jsonl")
+    weights = {d: (d / "model.safetensors").read_bytes() for d in (tmp_path / "again", out / "persyn" / "seed0" /
+                                                                   "model", out / "persyn" / "seed1" / "model")}
+    assert again.train_loss == p0 and weights[tmp_path / "again"] == weights[out / "persyn" / "seed0" / "model"]
+    assert p0 != p1 and weights[out / "persyn" / "seed1" / "model"] != weights[out / "persyn" / "seed0" / "model"]
     # Statistics from the per-item records: every strategy and the base model, paired differences against strong
     # and the best (here the only) single teacher, each with its smallest resolvable difference.
     stats = results["statistics"]

@@ -12,7 +12,8 @@ import yaml
 
 from persyn.cli import main
 from persyn.config import parse_config
-from persyn.pipeline import gen_key, run_stages
+from persyn.keys import Keys
+from persyn.pipeline import run_stages
 from persyn.prompts import Prompt
 from persyn.status import run_status
 
@@ -31,7 +32,7 @@ def base(tmp_path, tiny_lm_dir, tiny_lm_dir_b) -> dict:
         "quality": {"kind": "math_answer"},
         "reward": {"alpha": 0.4},
         "probe": {"size": K, "seed": 0},
-        "router": {"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 10},
+        "router": {"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 10}},
         "generation": {"max_new_tokens": 6, "batch_size": 4, "temperature": 1.0, "seed": 2},
     }
 
@@ -93,7 +94,8 @@ def expected_routed(cfg: dict, before: dict, route: dict) -> set[str]:
     """Keys of the routed generations this routing needs that the store did not hold."""
     c = parse_config(cfg)
     prompts = {p.id: p for p in (Prompt(pid, text) for pid, text in _prompt_texts(cfg).items())}
-    return {gen_key(c, c.teacher(t), prompts[pid]) for pid, (t, probe) in route.items() if not probe} - set(before)
+    keys = Keys(c)
+    return {keys.generation(c.teacher(t), prompts[pid]) for pid, (t, probe) in route.items() if not probe} - set(before)
 
 
 def _prompt_texts(cfg: dict) -> dict[str, str]:

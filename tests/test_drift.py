@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import CHATML
+from helpers import CHATML, read_jsonl
 
 from persyn.config import parse_config
 from persyn.keys import Keys, draw_probe
@@ -48,7 +48,7 @@ def config(tmp_path: Path, teachers: list[dict], **over) -> dict:
         "quality": {"kind": "math_answer"},
         "reward": {"alpha": 0.0},
         "probe": {"size": K, "seed": 0},
-        "router": {"backbone": over.pop("backbone"), "pooling": "last", "epochs": 5},
+        "router": {"backbone": over.pop("backbone"), "pooling": "last", "bt": {"epochs": 5}},
         "generation": {"max_new_tokens": 6, "batch_size": 4, "temperature": 1.0, "seed": 3},
     }
     cfg.update(over)
@@ -140,7 +140,7 @@ def test_edited_recorded_file_regenerates_that_teacher_only(tmp_path, prompts_fi
     q_now = scores(cfg, "quality")
     # a's new probe and routed responses are scored (math_answer needs no model, so routed ones are too)
     assert {k: q_now[k] for k in q_before} == q_before and len(q_now) == len(q_before) + K + routed_to(cfg, "a")
-    dataset = [json.loads(line) for line in (Path(cfg["run_dir"]) / "dataset.jsonl").read_text().splitlines()]
+    dataset = read_jsonl(Path(cfg["run_dir"]) / "dataset.jsonl")
     assert all(r["messages"][1]["content"].startswith("A2: ") for r in dataset if r["teacher"] == "a")
     assert "nothing changed since last run -> to do: nothing" == run_stages(parse_config(cfg)).changes
 

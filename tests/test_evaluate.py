@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from persyn.errors import ConfigError, PersynError
-from persyn.eval import (
+from persyn.experiments.eval import (
     GSM8K_BUILTIN_SHOTS,
     eval_gsm8k,
     eval_gym,
@@ -131,8 +131,7 @@ def test_each_benchmark_declares_exactly_its_functions_arguments():
     """evaluate checks specs against the declarations, never the signatures: the two must agree."""
     import inspect
 
-    from persyn import evaluate as legacy
-    from persyn.eval import BENCHMARKS
+    from persyn.experiments.eval import BENCHMARKS
 
     assert set(BENCHMARKS) == {"gsm8k", "gym", "ifeval", "lm_eval"}
     for name, benchmark in BENCHMARKS.items():
@@ -144,7 +143,6 @@ def test_each_benchmark_declares_exactly_its_functions_arguments():
         assert set(benchmark.optional) == optional, name
         var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         assert benchmark.passes_others_on == var_kw, name
-    assert legacy.evaluate is evaluate and legacy.eval_gsm8k is eval_gsm8k  # persyn.evaluate still works
 
 
 GYM = "gym:basic_arithmetic+chain_sum:12:5"

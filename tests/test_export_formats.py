@@ -13,10 +13,10 @@ import sys
 
 import pytest
 import yaml
-from exported_run import LICENSES, make_run, read_jsonl
+from helpers import LICENSES, make_run, read_jsonl
 
 from persyn.cli import main
-from persyn.formats import FORMATS
+from persyn.outputs.formats import FORMATS
 
 META = {"id", "teacher", "source", "quality", "learnability"}
 TRAINING_COLUMNS = {"messages": {"messages"}, "prompt-completion": {"prompt", "completion"},
@@ -129,7 +129,7 @@ def test_trl_sft_trains_one_step_on_the_export(run, fmt, tiny_lm_dir, tmp_path):
 
     out = export(run, fmt)
     ds = datasets.load_dataset("json", data_files=str(out / "train.jsonl"), split="train")
-    from persyn.train import _checkpointing_field
+    from persyn.experiments.train import _checkpointing_field
 
     args = SFTConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, max_length=128,
                      use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
@@ -201,7 +201,7 @@ def test_non_string_teacher_licence_is_one_line(run, tmp_path, capsys, licence):
 
 def test_rows_holding_line_separators_read_back_whole(tmp_path):
     """JSON leaves U+2028 and U+0085 unescaped; str.splitlines would cut such a row in two (seen at 20K prompts)."""
-    from persyn.html_report import _jsonl
+    from persyn.outputs.html_report import _jsonl
 
     rows = [{"id": "a", "text": "one\u2028two\x85three"}, {"id": "b", "text": "plain"}]
     path = tmp_path / "dataset.jsonl"

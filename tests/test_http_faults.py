@@ -15,10 +15,10 @@ import pytest
 from openai_server import serve
 
 from persyn.backends.base import GenParams, GenRequest
-from persyn.backends.openai_backend import OpenAIBackend
 from persyn.cli import main
 from persyn.config import TeacherConfig, parse_config
 from persyn.pipeline import run_stages
+from persyn.remote.openai_backend import OpenAIBackend
 
 PROMPTS = ["What is 12 times 7?", "Write a short poem about the sea.", "Why is the sky blue?",
            "How many clips did Natalia sell?"]
@@ -199,7 +199,9 @@ def learn_scores(tmp_path) -> dict[str, float | None]:
 
 
 def test_server_learnability_that_fails_stays_pending_and_only_it_is_redone(server, tiny_lm_dir, tmp_path):
-    cfg = parse_config(learn_config(tmp_path, server, tiny_lm_dir, max_retries=0, max_concurrency=1))
+    # No weights check: the faults are meant for the scores.
+    cfg = parse_config(learn_config(tmp_path, server, tiny_lm_dir, max_retries=0, max_concurrency=1,
+                                    server_check=False))
     server.state.inject("slow", 1)  # a harmless first request: the protocol probe succeeds
     server.state.inject("500", 3)
     run_stages(cfg, ["probe", "score"])
@@ -207,7 +209,7 @@ def test_server_learnability_that_fails_stays_pending_and_only_it_is_redone(serv
     assert len(first) == 5 and all(v is not None for v in first.values())  # 8 pairs, 3 failed: not stored
     sent = server.state.total
     run_stages(cfg, ["probe", "score"])
-    assert server.state.total - sent == 3
+    assert server.state.total - sent == 1 + 3  # the protocol probe, then the three that failed
     second = learn_scores(tmp_path)
     assert len(second) == 8 and all(v is not None for v in second.values())
     assert {k: second[k] for k in first} == first
@@ -242,7 +244,7 @@ def test_server_learnability_honours_the_student_settings(server, tiny_lm_dir, t
 
 def test_batch_api_results_with_the_same_faults_stay_pending(tmp_path):
     """The Batch API path: unusable usage is stored without usage; null content and errors stay pending."""
-    from persyn.batch_route import export_pending, import_results
+    from persyn.remote.batch_route import export_pending, import_results
 
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     cfg = parse_config({

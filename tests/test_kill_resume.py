@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import read_jsonl
 from kill_driver import run_to_end, spawn, wait_for_pause
 
 N_PROMPTS, PROBE, TEACHERS = 12, 6, 2
@@ -39,7 +40,7 @@ def write_config(tmp_path: Path, name: str, teacher_a: Path, teacher_b: Path) ->
         "quality": {"kind": "math_answer"},
         "reward": {"alpha": 0.4},
         "probe": {"size": PROBE, "seed": 1},
-        "router": {"backbone": str(teacher_a), "pooling": "last", "epochs": 20, "seed": 0},
+        "router": {"backbone": str(teacher_a), "pooling": "last", "bt": {"epochs": 20}, "seed": 0},
         "generation": {"max_new_tokens": 8, "batch_size": 1, "temperature": 1.0, "seed": 5},
     }
     path = tmp_path / f"{name}.yaml"
@@ -59,10 +60,6 @@ def store_rows(run_dir: Path, sql: str) -> list[tuple]:
         return db.execute(sql).fetchall()
     finally:
         db.close()
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def outputs(run_dir: Path) -> dict:

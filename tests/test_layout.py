@@ -1,9 +1,12 @@
 """The source layout keeps its rules: no import cycles between persyn's modules, even through imports inside
-functions, and one device/dtype policy (persyn.models.device) that no other module second-guesses."""
+functions; package boundaries (the stages import no experiment, the outputs no stage, the core neither); one
+device/dtype policy (persyn.models.device) that no other module second-guesses; and the README's code-layout table
+names exactly what src/persyn holds."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "persyn"
@@ -68,13 +71,71 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_import_cycles():
     mods = sources()
     graph = {name: imported_modules(name, path, set(mods)) for name, path in mods.items()}
-    assert graph["persyn.pipeline"] >= {"persyn.run", "persyn.export"}  # the graph sees function-level imports
+    assert graph["persyn.pipeline"] >= {"persyn.run", "persyn.outputs.export"}  # the graph sees function-level imports
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
 def test_the_cycle_check_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+CORE = ("persyn", "persyn.config", "persyn.errors", "persyn.plugins", "persyn.files", "persyn.chat", "persyn.progress",
+        "persyn.prompts", "persyn.keys", "persyn.store", "persyn.run", "persyn.status", "persyn.stamp")
+UPPER = ("persyn.stages", "persyn.outputs", "persyn.experiments", "persyn.pipeline", "persyn.cli")
+# Modules under each prefix must not import modules under the listed prefixes.
+BOUNDARIES = {
+    "persyn.stages": ("persyn.experiments", "persyn.cli"),
+    "persyn.outputs": ("persyn.stages", "persyn.pipeline", "persyn.experiments", "persyn.cli"),
+    **{core: UPPER for core in CORE},
+    **{pkg: ("persyn.cli",) for pkg in ("persyn.backends", "persyn.executors", "persyn.models", "persyn.remote",
+                                        "persyn.router", "persyn.scoring", "persyn.experiments")},
+}
+
+
+def _under(module: str, prefix: str) -> bool:
+    return module == prefix or (prefix != "persyn" and module.startswith(prefix + "."))
+
+
+def boundary_violations(graph: dict[str, set[str]]) -> list[str]:
+    return [f"{name} imports {dep}" for name, deps in sorted(graph.items()) for prefix, banned in BOUNDARIES.items()
+            if _under(name, prefix) for dep in sorted(deps) if any(_under(dep, b) for b in banned)]
+
+
+def test_package_boundaries():
+    mods = sources()
+    graph = {name: imported_modules(name, path, set(mods)) for name, path in mods.items()}
+    assert "persyn.stages.export" in graph and "persyn.experiments.router_eval" in graph
+    assert not boundary_violations(graph)
+
+
+def test_the_boundary_check_finds_a_crossing():
+    graph = {"persyn.stages.route": {"persyn.experiments.frontier"}, "persyn.outputs.card": {"persyn.stages.probe"},
+             "persyn.run": {"persyn.pipeline"}, "persyn.stages.probe": {"persyn.outputs.export", "persyn.run"}}
+    assert boundary_violations(graph) == ["persyn.outputs.card imports persyn.stages.probe",
+                                          "persyn.run imports persyn.pipeline",
+                                          "persyn.stages.route imports persyn.experiments.frontier"]
+
+
+def test_modules_stay_short():
+    """A module over 400 lines is doing two things; the pipeline itself only runs the stages."""
+    sizes = {name: len(path.read_text().splitlines()) for name, path in sources().items()}
+    assert not {n: k for n, k in sizes.items() if k > 400}
+    assert sizes["persyn.pipeline"] <= 200
+
+
+def readme_layout_names() -> set[str]:
+    """The files and folders the README's code-layout table names in its first column."""
+    text = (SRC.parents[1] / "README.md").read_text(encoding="utf-8")
+    table = text.split("## Code layout", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    return {name for cell in rows for name in re.findall(r"`([^`]+)`", cell)}
+
+
+def test_the_readme_code_layout_table_matches_the_tree():
+    tree = {p.name + ("/" if p.is_dir() else "") for p in SRC.iterdir()
+            if p.name not in ("__init__.py", "__pycache__") and (p.is_dir() or p.suffix == ".py")}
+    assert readme_layout_names() == tree
 
 
 def _dotted(node: ast.AST) -> str:

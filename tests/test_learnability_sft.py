@@ -1,7 +1,7 @@
 """Learnability scores exactly the tokens `persyn train` trains on (issue 11, item 2).
 
-The reference is TRL's own SFTTrainer, built by persyn.train.build_trainer from an exported-style dataset: its
-`input_ids` and `labels` are compared token for token with what learnability scores, for SmolLM2's ChatML
+The reference is TRL's own SFTTrainer, built by persyn.experiments.train.build_trainer from an exported-style dataset:
+its `input_ids` and `labels` are compared token for token with what learnability scores, for SmolLM2's ChatML
 template and for a base model in few-shot mode (Gemma-3-270M), and Eq. 1 is checked against the model's own
 loss on TRL's labels. A second, independent reference (plain `apply_chat_template` ids and a plain forward)
 checks the truncation that keeps the prompt's head and a minimum response budget.
@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from persyn.scoring.learnability import MIN_RESPONSE_TOKENS, _Encoder, learnability_scores
+from persyn.scoring.learnability import MIN_RESPONSE_TOKENS, Encoder, learnability_scores
 
 PROMPTS = ["What is 2 + 2?", "Name a colour.", "Write one sentence about the sea.",
            "Natalia sold clips to 48 of her friends in April. How many clips did she sell?"]
@@ -28,7 +28,7 @@ MAX_LENGTH = {"smollm2-135m-instruct": 96, "gemma3-270m": 240}
 @pytest.fixture(scope="module", params=sorted(MAX_LENGTH))
 def sft(request, tmp_path_factory):
     """(registry name, TRL's tokenised rows, TRL's model and tokenizer) for one student."""
-    from persyn.train import TrainConfig, build_trainer
+    from persyn.experiments.train import TrainConfig, build_trainer
 
     name = request.param
     tmp = tmp_path_factory.mktemp(name)
@@ -52,7 +52,7 @@ def test_the_scored_tokens_are_trls_input_ids_and_labels(sft):
 
     name, rows, _, _ = sft
     tok = load_tokenizer(name)  # the tokenizer learnability scoring uses (left padding, pad token set)
-    encoded = _Encoder(tok, None, None, MAX_LENGTH[name])(PROMPTS, RESPONSES)
+    encoded = Encoder(tok, None, None, MAX_LENGTH[name])(PROMPTS, RESPONSES)
     for e, row in zip(encoded, rows, strict=True):
         assert e.ids == row["input_ids"]
         assert list(range(e.start, len(e.ids))) == scored_positions(row["labels"])

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import build_tiny_lm
+from helpers import build_tiny_lm
 from transformers import AutoModel
 
 from persyn import models
@@ -52,7 +52,7 @@ def config(tmp_path, dirs, **extra) -> dict:
         "run_dir": str(tmp_path / "run"), "prompts": {"path": str(tmp_path / "p.jsonl")},
         "teachers": [{"name": f"t{i}", "model": str(d), "max_new_tokens": 3} for i, d in enumerate(dirs)],
         "student": {"model": str(dirs[0])}, "reward": {"alpha": 1.0}, "probe": {"size": 3},
-        "router": {"backbone": str(dirs[0]), "epochs": 3}, **extra,
+        "router": {"backbone": str(dirs[0]), "bt": {"epochs": 3}}, **extra,
     }
 
 
@@ -100,7 +100,8 @@ def test_student_backbone_reuses_the_loaded_student(tmp_path, watched_cache, tin
         return real(cls, *args, **kwargs)
 
     monkeypatch.setattr(AutoModel, "from_pretrained", classmethod(counting))
-    cfg = parse_config(config(tmp_path, [tiny_lm_dir, tiny_lm_dir_b], router={"backbone": "student", "epochs": 3}))
+    cfg = parse_config(config(tmp_path, [tiny_lm_dir, tiny_lm_dir_b],
+                              router={"backbone": "student", "bt": {"epochs": 3}}))
     run_stages(cfg)
     assert loads == []  # the router embedded prompts with the student already loaded for learnability
     assert PeakDict.peak <= 2

@@ -10,9 +10,10 @@ import torch
 from openai_server import serve
 
 from persyn.backends.base import GenParams, GenRequest, make_backend
-from persyn.backends.openai_backend import OpenAIBackend, parse_retry_after
 from persyn.config import TeacherConfig
 from persyn.errors import ConfigError
+from persyn.remote.http import parse_retry_after
+from persyn.remote.openai_backend import OpenAIBackend
 
 PROMPTS = ["What is 12 times 7?", "Write a short poem about the sea.", "Why is the sky blue?",
            "How many clips did Natalia sell?", "The quick brown fox", "Explain light."]
@@ -69,7 +70,8 @@ def test_results_match_local_generation_with_usage_and_cost(server):
     assert server.state.counts["/v1/chat/completions"] == 6
     assert (backend.counters.requests_sent, backend.counters.retries, backend.counters.succeeded) == (6, 0, 6)
     body = server.state.bodies[0]
-    assert (body["max_tokens"], body["temperature"], body["top_p"], body["seed"]) == (4, 0.0, 0.9, 7)
+    assert (body["max_tokens"], body["temperature"], body["top_p"]) == (4, 0.0, 0.9)
+    assert "seed" not in body  # greedy: a seed changes nothing, so it is not sent
     assert body["model"] == "tiny"
 
 

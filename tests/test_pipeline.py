@@ -3,56 +3,14 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import yaml
+from helpers import BEST, read_jsonl, recorded_config, recorded_pool
 
 from persyn.cli import main
 from persyn.config import parse_config
 from persyn.pipeline import run_stages
-
-TOPICS = {
-    "math": "Compute {a} plus {b} and explain the steps.",
-    "poem": "Write a short poem about the {a} rivers of {b}.",
-    "code": "Write a Python function that returns {a} times {b}.",
-}
-BEST = {"math": "alpha", "poem": "beta", "code": "gamma"}
-
-
-def recorded_pool(tmp_path, n=90, seed=0):
-    """Three recorded teachers; which one is best depends on the prompt's topic (noisy judge scores)."""
-    rng = random.Random(seed)
-    prompts = []
-    for i in range(n):
-        topic = list(TOPICS)[i % 3]
-        prompts.append((topic, TOPICS[topic].format(a=i, b=rng.randint(2, 99))))
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"instruction": p}) + "\n" for _, p in prompts))
-    for teacher in BEST.values():
-        rows = []
-        for topic, p in prompts:
-            q = (0.8 if BEST[topic] == teacher else 0.3) + rng.uniform(-0.15, 0.15)
-            rows.append({"instruction": p, "output": f"{teacher} answers: {p[::-1]}", "quality": q})
-        (tmp_path / f"{teacher}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return prompts
-
-
-def recorded_config(tmp_path, **over):
-    cfg = {
-        "run_dir": str(tmp_path / "run"),
-        "prompts": {"path": str(tmp_path / "prompts.jsonl"), "field": "instruction"},
-        "teachers": [{"name": t, "backend": "recorded", "model": str(tmp_path / f"{t}.jsonl")} for t in BEST.values()],
-        "quality": {"kind": "field"},
-        "reward": {"alpha": 0.0},
-        "probe": {"size": 45, "seed": 0},
-        "router": {"epochs": 100, "seed": 0},
-    }
-    cfg.update(over)
-    return cfg
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_recorded_pool_routes_every_prompt_and_resumes(tmp_path):
@@ -106,7 +64,7 @@ def test_live_tiny_teachers_with_learnability(tmp_path, tiny_lm_dir, tiny_lm_dir
         "student": {"model": str(tiny_lm_dir)},
         "quality": {"kind": "math_answer"},
         "probe": {"size": 6},
-        "router": {"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 20},
+        "router": {"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 20}},
         "generation": {"max_new_tokens": 8, "batch_size": 4, "temperature": 1.0, "seed": 3},
     })
     run = run_stages(cfg)
@@ -131,7 +89,7 @@ def test_recorded_alpaca_eval_teachers(tmp_path, shared_data):
         "quality": {"kind": "field"},
         "reward": {"alpha": 0.0},
         "probe": {"size": 30},
-        "router": {"epochs": 50},
+        "router": {"bt": {"epochs": 50}},
     })
     run = run_stages(cfg)
     assert run.generated == 30 * 8 + (80 - 30)

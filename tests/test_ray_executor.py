@@ -16,7 +16,7 @@ from persyn.pipeline import run_stages
 
 ray = pytest.importorskip("ray", reason="the Ray executor needs `pip install persyn[ray]`")
 
-from persyn.executors.ray_executor import RayExecutor  # noqa: E402
+from persyn.remote.ray_executor import RayExecutor  # noqa: E402
 
 OUTPUTS = ("dataset.jsonl", "routing.jsonl", "scores.jsonl")
 # Every generations column except timings and which invocation wrote the row.
@@ -34,7 +34,7 @@ def tiny_config(tmp_path, run_name, teachers, student, **over):
         "student": {"model": str(student)},
         "quality": {"kind": "math_answer"},
         "probe": {"size": 6},
-        "router": {"backbone": str(student), "pooling": "last", "epochs": 20},
+        "router": {"backbone": str(student), "pooling": "last", "bt": {"epochs": 20}},
         "generation": {"max_new_tokens": 8, "batch_size": 4, "temperature": 0.0},
     }
     cfg.update(over)

@@ -12,7 +12,7 @@ from collections import Counter
 from html.parser import HTMLParser
 
 import pytest
-from exported_run import make_run, read_jsonl
+from helpers import make_run, read_jsonl
 
 from persyn.cli import main
 
@@ -148,7 +148,7 @@ def test_frontier_section_appears_with_frontier_json(run):
 
 def test_report_before_any_run_is_one_line(tmp_path, capsys):
     import yaml
-    from test_pipeline import recorded_config, recorded_pool
+    from helpers import recorded_config, recorded_pool
 
     recorded_pool(tmp_path, n=6)
     path = tmp_path / "c.yaml"
@@ -163,7 +163,7 @@ def test_report_before_any_run_is_one_line(tmp_path, capsys):
 def test_report_of_a_run_without_scores_or_router(run, tmp_path):
     """A run exported before its probe was scored (e.g. all probe generations failed) still gets a page."""
     from persyn.config import load_config
-    from persyn.html_report import write_html_report
+    from persyn.outputs.html_report import write_html_report
 
     config, run_dir = run
     cfg = load_config(config)

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from persyn.scoring.reward import METHODS, combine, normalise, preference_pairs, reward_matrix
+from persyn.router.bt import preference_pairs
+from persyn.scoring.reward import METHODS, combine, normalise, reward_matrix
 
 # Integer-valued rows keep the float arithmetic exact enough that ties and orderings are unambiguous.
 rows = st.lists(st.integers(-1000, 1000), min_size=1, max_size=8).map(lambda v: np.array(v, dtype=np.float64))
@@ -49,7 +50,7 @@ def test_constant_values(c, size):
     assert np.all(normalise(v, "rank") == 0.5)
     assert np.all(normalise(v, "zscore") == 0.0)
     r = combine(v, v, 0.4)
-    assert preference_pairs(r) == []
+    assert len(preference_pairs(r[None])) == 0
 
 
 @given(rows, st.integers(0, 7), st.sampled_from([np.nan, np.inf, -np.inf]), methods)
@@ -87,25 +88,10 @@ def test_worst_loses_every_comparison(q, mask, alpha, method):
     assert np.all(np.isfinite(r))
     if worst.any() and not worst.all():
         assert r[worst].max() < r[~worst].min()
-        for winner, loser in preference_pairs(r):
+        for _, winner, loser in preference_pairs(r[None]).tolist():
             assert not worst[winner] or worst[loser]
     np.testing.assert_array_equal(r[~worst], combine(q[~worst], lq[~worst], alpha, method))
 
-
-@given(st.lists(st.one_of(st.integers(-5, 5).map(float), st.just(np.nan)), min_size=0, max_size=7),
-       st.floats(0.01, 10))
-def test_preference_pairs(values, scale):
-    r = np.array(values, dtype=np.float64)
-    pairs = preference_pairs(r)
-    finite = [i for i in range(r.size) if not np.isnan(r[i])]
-    expected = {(i, j) for i in finite for j in finite if r[i] > r[j]}
-    assert set(pairs) == expected and len(pairs) == len(expected)
-    assert preference_pairs(r * scale) == pairs  # only the order matters
-
-
-def test_tie_eps():
-    assert preference_pairs(np.array([1.0, 1.0 + 1e-12, 0.0])) == [(0, 2), (1, 2)]
-    assert preference_pairs(np.array([1.0, 1.1]), tie_eps=0.2) == []
 
 
 def test_reward_matrix_nan_and_worst():

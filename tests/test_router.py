@@ -185,9 +185,13 @@ def test_embedder_cache_hit_does_not_run_the_model(tiny_lm_dir: Path, tmp_path: 
     assert other.encoded_texts == 1
 
 
-def test_cache_key_depends_on_weights_not_on_the_directory(tiny_lm_dir: Path, tiny_lm_dir_b: Path):
+def test_cache_key_depends_on_weights_not_on_the_directory(tiny_lm_dir: Path, tiny_lm_dir_b: Path, tmp_path: Path):
+    import shutil
+
     a, b = Embedder(str(tiny_lm_dir)), Embedder(str(tiny_lm_dir_b))
     assert a.cache_key("x") != b.cache_key("x")  # same config and sizes, other weights
+    moved = Embedder(str(shutil.copytree(tiny_lm_dir, tmp_path / "elsewhere" / "model")))
+    assert moved.cache_key("x") == a.cache_key("x")  # the same weights in another directory
 
 
 @pytest.mark.slow

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import yaml
-from test_pipeline import recorded_config, recorded_pool
+from helpers import recorded_config, recorded_pool
 
 from persyn.cli import main
-from persyn.router_eval import routing_metrics, split_prompts
+from persyn.experiments.router_eval import routing_metrics, split_prompts
 
 
 def test_metrics_on_a_known_case():
@@ -96,10 +96,52 @@ def test_frontier_spans_route_then_generate_to_generate_then_select(tmp_path, ca
     assert by[("best single", 1.0)]["gap_captured"] == 0.0 and by[("oracle", 3.0)]["gap_captured"] == 1.0
 
 
-def test_frontier_replays_the_cascade():
-    from persyn.frontier import cascade
+def test_the_cascade_asks_in_router_order_until_accepted_or_out_of_room():
+    from persyn.stages.budget import cascade, first_candidates
 
     S = np.array([[0.9, 0.5, 0.1], [0.2, 0.8, 0.6], [0.7, 0.6, 0.5]])
     Q = np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
-    assert cascade(S, Q, 1.0, 3.0) == [[0, 1], [1], [0, 1, 2]]
-    assert cascade(S, Q, 1.0, 1.5) == [[0], [1], [0, 1]]  # 1 spare generation: the smallest margin (prompt 2)
+    first = first_candidates(S, 3.0, cascade=True)
+    assert first == [[0], [1], [0]]
+    assert cascade(S, first, 1.0, 9, lambda _: Q) == [[0, 1], [1], [0, 1, 2]]
+    assert cascade(S, first, 1.0, 4, lambda _: Q) == [[0], [1], [0, 1]]  # 1 spare generation: the smallest margin
+
+
+RULES = {"persyn.stages.budget": ("first_candidates", "cascade", "candidate_rule", "keep_best"),
+         "persyn.stages.probe": ("choose_probe", "next_probe_size")}
+
+
+def test_router_eval_and_the_frontier_replay_the_stages_own_rules(monkeypatch):
+    """The frontier calls the generate stage's candidate, cascade and keep rules and the probe stage's choice and
+    growth rules, and names none of the primitives they are built from (so it cannot hold a copy of its own)."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    from persyn.config import parse_config
+    from persyn.experiments import frontier, router_eval
+    from persyn.run import RewardMatrices
+
+    calls: dict[str, int] = {}
+    for module, names in RULES.items():
+        mod = importlib.import_module(module)
+        for name in names:
+            def spy(*a, _f=getattr(mod, name), _n=name, **k):
+                calls[_n] = calls.get(_n, 0) + 1
+                return _f(*a, **k)
+            monkeypatch.setattr(mod, name, spy)
+    rng = np.random.default_rng(0)
+    X, Q, L = rng.normal(size=(40, 8)), rng.integers(0, 2, (40, 3)).astype(float), rng.normal(size=(40, 3))
+    R = 0.6 * Q + 0.4 * L
+    cfg = parse_config({"run_dir": "unused", "prompts": {"path": "unused.jsonl"},
+                        "teachers": [{"name": n, "backend": "recorded", "model": "x"} for n in "abc"],
+                        "student": {"model": "unused"}, "generation": {"accept_quality": 1.0}})
+    rows = router_eval.cost_reward_frontier(cfg, X, RewardMatrices([], Q, L, R), 16, ["ridge"],
+                                            ["random", "diverse", "adaptive"], [0], [1.0, 2.0])
+    assert {r["method"] for r in rows} >= {"persyn ridge (adaptive probe) cascade (accept quality >= 1)"}
+    assert set(calls) == {n for names in RULES.values() for n in names}, calls
+    primitives = {"allocate", "cascade_next", "best_candidate", "calibrated_reward", "kcenter_order", "draw_probe"}
+    for module in (frontier, router_eval):
+        names = {n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(ast.parse(Path(module.__file__)
+                 .read_text())) if isinstance(n, (ast.Name, ast.Attribute))}
+        assert not names & primitives, (module.__name__, names & primitives)

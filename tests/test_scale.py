@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers import recorded_config, recorded_pool
 from kill_driver import EMBED_CHUNK, logged_config, run_to_end
-from test_pipeline import recorded_config, recorded_pool
 
 from persyn import pipeline
 from persyn.backends.base import GenParams, GenRequest

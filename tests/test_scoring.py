@@ -7,15 +7,14 @@ import threading
 
 import pytest
 import torch
-from conftest import build_tokenizer
+from helpers import build_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 from persyn.config import QualityConfig
 from persyn.errors import ConfigError, InputError
 from persyn.scoring import learnability as lmod
-from persyn.scoring.learnability import _Encoder, learnability_scores, naive_learnability
+from persyn.scoring.learnability import Encoder, learnability_scores, naive_learnability
 from persyn.scoring.quality import (
-    FieldScorer,
     RewardModelScorer,
     answers_match,
     extract_answer,
@@ -138,9 +137,9 @@ def test_learnability_fallback_path_matches(tiny, monkeypatch):
 
 def test_few_shot_and_end_of_turn(tiny):
     model, tok = tiny
-    [chat_e] = _Encoder(tok, None, None, 512)(PROMPTS[:1], RESPONSES[:1])
+    [chat_e] = Encoder(tok, None, None, 512)(PROMPTS[:1], RESPONSES[:1])
     assert tok.decode(chat_e.ids[chat_e.start:]) == RESPONSES[0] + "<|im_end|>\n"  # as SFT trains it
-    [few_e] = _Encoder(tok, None, True, 512)(PROMPTS[:1], RESPONSES[:1])
+    [few_e] = Encoder(tok, None, True, 512)(PROMPTS[:1], RESPONSES[:1])
     assert tok.decode(few_e.ids[few_e.start:]) == " " + RESPONSES[0] + tok.eos_token  # TRL appends the eos
     res = learnability_scores(model, tok, PROMPTS, RESPONSES, few_shot=True, max_length=512)
     _check_against_naive(model, tok, res, 512, few_shot=True)
@@ -197,16 +196,16 @@ def test_math_answer_on_gsm8k(shared_data):
     scorer = make_quality_scorer(QualityConfig(kind="math_answer"))
     prompts, refs = [r["question"] for r in rows], [r["answer"] for r in rows]
     finals = [reference_answer(a) for a in refs]
-    assert scorer.score(prompts, refs, refs, [None] * 20) == [1.0] * 20  # the worked solutions themselves
+    assert scorer.score(prompts, refs, refs) == [1.0] * 20  # the worked solutions themselves
     boxed = [f"Working it out, the result is \\boxed{{{f}}}." for f in finals]
     said = [f"Thinking step by step... So the answer is {f}." for f in finals]
     wrong = [f"#### {int(f) + 1}" for f in finals]
-    assert scorer.score(prompts, boxed, refs, [None] * 20) == [1.0] * 20
-    assert scorer.score(prompts, said, refs, [None] * 20) == [1.0] * 20
-    assert scorer.score(prompts, wrong, refs, [None] * 20) == [0.0] * 20
-    assert scorer.score(prompts[:1], [""], refs[:1], [None]) == [0.0]
+    assert scorer.score(prompts, boxed, refs) == [1.0] * 20
+    assert scorer.score(prompts, said, refs) == [1.0] * 20
+    assert scorer.score(prompts, wrong, refs) == [0.0] * 20
+    assert scorer.score(prompts[:1], [""], refs[:1]) == [0.0]
     with pytest.raises(InputError, match="prompt 2 .*reference"):
-        scorer.score(prompts[:2], refs[:2], [refs[0], None], [None, None])
+        scorer.score(prompts[:2], refs[:2], [refs[0], None])
 
 
 # ---------------------------------------------------------------- reward_model and field
@@ -220,26 +219,19 @@ def test_reward_model_matches_direct_forward(tmp_path):
     model = LlamaForSequenceClassification(config).eval()
     scorer = RewardModelScorer(model, tok, batch_size=2)
     prompts, responses = PROMPTS[:5], RESPONSES[:4] + ["Blue."]
-    scores = scorer.score(prompts, responses, [None] * 5, [None] * 5)
+    scores = scorer.score(prompts, responses, [None] * 5)
     with torch.inference_mode():
         for p, r, s in zip(prompts, responses, scores, strict=True):
             enc = tok(scorer.conversation(p, r), add_special_tokens=False, return_tensors="pt")
             assert s == pytest.approx(model(**enc).logits[0, 0].item(), abs=1e-4)
     assert len(set(scores)) == 5
-    with_empty = scorer.score(prompts[:3] + ["Hi"], responses[:3] + ["  "], [None] * 4, [None] * 4)
+    with_empty = scorer.score(prompts[:3] + ["Hi"], responses[:3] + ["  "], [None] * 4)
     assert with_empty[3] == min(with_empty[:3])
 
 
 def test_reward_model_needs_model():
     with pytest.raises(ConfigError, match="quality.model"):
         make_quality_scorer(QualityConfig(kind="reward_model"))
-
-
-def test_field_scorer():
-    scorer = make_quality_scorer(QualityConfig(kind="field", field="judge"))
-    assert scorer.score(["a", "b"], ["x", "y"], [None, None], [0.25, 1]) == [0.25, 1.0]
-    with pytest.raises(InputError, match=r"prompt 2 \('b'\).*\[judge\]|\[judge\].*prompt 2 \('b'\)"):
-        FieldScorer("judge").score(["a", "b"], ["x", "y"], [None, None], [0.5, None])
 
 
 def test_unknown_kind():
@@ -264,10 +256,10 @@ def test_gym_quality_uses_each_tasks_own_verifier_on_one_final_answer():
                  f"It could be {chain_answer} or {int(chain_answer) + 1}.\nAnswer: {int(chain_answer) + 1}",
                  ""]
     refs = [fam.reference, chain.reference, chain.reference, chain.reference, chain.reference]
-    got = scorer.score([p.text for p in (fam, chain, chain, chain, chain)], responses, refs, [None] * 5)
+    got = scorer.score([p.text for p in (fam, chain, chain, chain, chain)], responses, refs)
     assert got == [1.0, 1.0, 0.0, 0.0, 0.0]
     assert gym_final_answer("x\n<answer>7</answer>\nAnswer: 8") == "7"
     assert gym_final_answer("so 3 + 4 = 7\n#### 7") == "7"
     assert gym_final_answer("The sum is 7.\n\n**7**") == "7"
     with pytest.raises(InputError, match="no gym entry"):
-        scorer.score(["q"], ["Answer: 1"], ["7"], [None])
+        scorer.score(["q"], ["Answer: 1"], ["7"])

@@ -63,7 +63,7 @@ def live_config(tmp_path: Path, a: Path, b: Path, **over) -> dict:
         "quality": {"kind": "math_answer"},
         "reward": {"alpha": 0.4},
         "probe": {"size": 4},
-        "router": {"backbone": str(a), "pooling": "last", "epochs": 5},
+        "router": {"backbone": str(a), "pooling": "last", "bt": {"epochs": 5}},
         "generation": {"max_new_tokens": 4, "batch_size": 4},
     }
     cfg.update(over)
@@ -189,7 +189,7 @@ def openai_config(tmp_path: Path, server, backbone: Path) -> dict:
                 for name, model in (("big", "tiny-big"), ("small", "tiny-small"))]
     return {"run_dir": str(tmp_path / "run"), "prompts": math_prompts(tmp_path, 6), "teachers": teachers,
             "quality": {"kind": "math_answer"}, "reward": {"alpha": 0.0}, "probe": {"size": 3},
-            "router": {"backbone": str(backbone), "pooling": "last", "epochs": 5},
+            "router": {"backbone": str(backbone), "pooling": "last", "bt": {"epochs": 5}},
             "generation": {"max_new_tokens": 4}}
 
 

@@ -63,7 +63,8 @@ def test_matches_the_naive_reference(server, local):
 def test_auto_uses_prompt_logprobs_when_available(server, local):
     got = score(server, local[1])
     assert all("prompt_logprobs" in b and "echo" not in b for b in server.state.bodies)
-    assert server.state.total == 4 and got[0] is not None
+    assert server.state.total == 5 and got[0] is not None  # a short protocol probe, then the four pairs
+    assert len(server.state.bodies[0]["prompt"]) == 16
 
 
 def test_auto_falls_back_to_echo(server, local):
@@ -71,8 +72,8 @@ def test_auto_falls_back_to_echo(server, local):
     expected = learnability_scores(*local, PROMPTS, RESPONSES).values
     got = score(server, local[1])
     assert got[:-1] == pytest.approx(expected[:-1], abs=1e-4)
-    assert server.state.total == 5  # one refused probe (a 400 is not retried), then four echo requests
-    assert sum(bool(b.get("echo")) for b in server.state.bodies) == 4
+    assert server.state.total == 6  # prompt_logprobs refused (a 400 is not retried), an echo probe, four pairs
+    assert sum(bool(b.get("echo")) for b in server.state.bodies) == 5
 
 
 def test_transient_faults_are_retried(server, local):
@@ -119,7 +120,7 @@ def test_pipeline_scores_on_the_students_server_as_it_does_locally(server, tiny_
             "prompts": {"path": str(tmp_path / "p.jsonl"), "field": "instruction"},
             "teachers": [{"name": n, "backend": "recorded", "model": str(tmp_path / f"{n}.jsonl")} for n in "ab"],
             "student": {"model": str(tiny_lm_dir), **student}, "reward": {"alpha": 1.0},
-            "probe": {"size": 4}, "router": {"backbone": str(tiny_lm_dir), "epochs": 5},
+            "probe": {"size": 4}, "router": {"backbone": str(tiny_lm_dir), "bt": {"epochs": 5}},
         })
         run_stages(cfg)
         rows = (tmp_path / run_dir / "scores.jsonl").read_text().splitlines()
@@ -127,6 +128,7 @@ def test_pipeline_scores_on_the_students_server_as_it_does_locally(server, tiny_
 
     local = run("local")
     remote = run("remote", server_url=server.base_url)
-    assert server.state.counts["/v1/completions"] == 8
+    # The weights check (a probe and three known pairs), then a probe and the eight pairs.
+    assert server.state.counts["/v1/completions"] == 4 + 9
     assert remote.keys() == local.keys() and all(v is not None for v in local.values())
     assert [remote[k] for k in sorted(local)] == pytest.approx([local[k] for k in sorted(local)], abs=1e-4)

@@ -1,11 +1,11 @@
-"""persyn.stats on numpy data whose answers are known."""
+"""persyn.experiments.stats on numpy data whose answers are known."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from persyn.stats import mean_ci, min_detectable, paired_difference
+from persyn.experiments.stats import mean_ci, min_detectable, paired_difference
 
 
 def binary(rng, p, shape):
@@ -80,10 +80,11 @@ def test_min_detectable_and_size_factor():
 
 
 def test_compare_statistics_from_records_files(tmp_path):
-    """persyn.significance reads per-item records, aligns items by id, picks the references and pairs seeds."""
+    """persyn.experiments.significance reads per-item records, aligns items by id, picks the references and pairs
+    seeds."""
     import json
 
-    from persyn.significance import benchmark_statistics
+    from persyn.experiments.significance import benchmark_statistics
 
     rng = np.random.default_rng(7)
     ids = [f"p{i}" for i in range(400)]

@@ -8,13 +8,16 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from helpers import read_jsonl
 
 from persyn.config import parse_config
-from persyn.errors import ConfigError
-from persyn.pipeline import load_stage, open_run, run_stages
-from persyn.run import RewardMatrices
-from persyn.selection import build_datasets, prepare_inputs
-from persyn.strategies import SelectionInputs, car_values, make_strategy
+from persyn.errors import ConfigError, PersynError
+from persyn.experiments.selection import build_datasets, prepare_inputs
+from persyn.experiments.selection_rules import car_values
+from persyn.experiments.strategies import SelectionInputs, make_strategy
+from persyn.pipeline import run_stages
+from persyn.run import RewardMatrices, open_run
+from persyn.stages.load import load_stage
 
 # teacher -> (family, mean quality, mean learnability). Strong = a; CAR(beta=1) = b: 0.6/1.5 > 0.3/1.2 > 0.9/4.
 POOL = {"a": ("x", 0.9, -3.0), "b": ("y", 0.6, -0.5), "c": ("y", 0.3, -0.2)}
@@ -46,7 +49,7 @@ def pool_config(tmp_path, tiny_lm_dir, **compare):
         "quality": {"kind": "field"},
         "reward": {"alpha": 0.4},
         "probe": {"size": 40},
-        "router": {"backbone": str(tiny_lm_dir), "pooling": "last", "epochs": 10},
+        "router": {"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 10}},
         "compare": compare,
     })
 
@@ -120,7 +123,7 @@ def test_strong_family_strong_and_random(pool, tmp_path):
     summary = build_datasets(run, prompts, inputs, {"strong": strong}, tmp_path)["strong"]
     assert summary["rows"] == len(prompts) and summary["teacher_counts"] == {"a": 200, "b": 0, "c": 0}
     assert summary["generations_needed"] == len(prompts) + 40 * 2  # its dataset plus the probe it reads
-    rows = [json.loads(line) for line in (tmp_path / "strong" / "dataset.jsonl").read_text().splitlines()]
+    rows = read_jsonl(tmp_path / "strong" / "dataset.jsonl")
     assert rows[0]["messages"][1]["content"].startswith("a: ") and rows[0]["source"] == "strong"
     assert [r["id"] for r in rows] == [p.id for p in prompts]
 
@@ -170,12 +173,20 @@ def test_strategies_are_pure_functions_of_the_matrices(tiny_lm_dir, tmp_path):
     assert make_strategy("oracle").select(inputs).teachers == ["b", "a"]
     assert make_strategy("strong").select(inputs).teachers == ["a", "a"]
     assert make_strategy("family-strong").select(inputs).teachers == ["b", "b"]  # y = {b, c}
+    # persyn takes the routes `persyn run` stored, not any reward: here they disagree with every reward rule
     assert make_strategy("persyn").select(inputs).teachers == ["c", "b"]
+    with pytest.raises(PersynError, match="1 prompts are not routed"):
+        make_strategy("persyn").select(replace(inputs, routes=["c", None]))
     mix = make_strategy("mix").select(inputs)
     assert (mix.info["strong"], mix.info["weak"]) == ("a", "c") and set(mix.teachers) <= {"a", "c"}
     car = car_values(quality, learn, 1.0)
     assert make_strategy("car").select(inputs).info["teacher"] == list(POOL)[int(car.argmax())]
-    assert make_strategy("random").select(inputs).teachers == make_strategy("random").select(inputs).teachers
+    many = replace(inputs, n_prompts=600)
+    picks = make_strategy("random").select(many).teachers
+    again = make_strategy("random").select(replace(many, options=cfg.compare.model_copy())).teachers
+    other = make_strategy("random").select(replace(many, options=cfg.compare.model_copy(update={"seed": 4})))
+    assert picks == again and picks != other.teachers  # seeded by compare.seed, and by nothing else
+    assert all(abs(picks.count(n) / 600 - 1 / 3) < 0.06 for n in POOL)  # uniform over the teachers
 
 
 def test_single_teacher_strategies_and_their_names(pool, tmp_path, tiny_lm_dir):
@@ -197,7 +208,7 @@ def test_single_teacher_strategies_and_their_names(pool, tmp_path, tiny_lm_dir):
 
 
 def test_oracle_ties_are_drawn_among_the_tied_teachers():
-    from persyn.strategies import oracle_choice
+    from persyn.experiments.selection_rules import oracle_choice
 
     reward = np.array([[0.5, 0.5, 0.0]] * 200 + [[0.0, 1.0, 1.0]])
     names = ["a", "b", "c"]
@@ -267,6 +278,6 @@ def test_oracle_at_other_alphas_from_the_same_scores(pool, tiny_lm_dir, tmp_path
     assert len({tuple(v) for v in sel.values()}) == 3
     with pytest.raises(ConfigError, match="expected oracle@ALPHA"):
         pool_config(tmp_path, tiny_lm_dir, strategies=["oracle@2"])
-    zero = replace(inputs, alpha=0.0)
+    zero = replace(inputs, reward=inputs.reward.model_copy(update={"alpha": 0.0}))
     with pytest.raises(ConfigError, match="reward.alpha"):
         make_strategy("oracle@0.5").check(zero)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from persyn.errors import ConfigError, InputError
-from persyn.train import TrainConfig, build_trainer, train_student
+from persyn.experiments.train import TrainConfig, build_trainer, train_student
 
 
 def _rows(n: int = 12) -> list[dict]:
@@ -145,3 +145,22 @@ def test_warmup_ratio_is_a_ratio_of_the_total_steps(tiny_lm_dir, sft_dataset, tm
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
     assert lrs == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])
+
+
+def test_bf16_true_trains_under_cpu_autocast_with_fp32_master_weights(tiny_lm_dir, sft_dataset, tmp_path):
+    """`train.bf16: true` on a CPU: the matmuls run in bfloat16 (autocast), the weights AdamW updates stay float32;
+    the default (None) stays float32 there. bench_train.py measures what this buys."""
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU path")
+
+    def matmul_dtypes(bf16: bool | None) -> set[torch.dtype]:
+        cfg = TrainConfig(model=str(tiny_lm_dir), output_dir=str(tmp_path / str(bf16)), max_steps=1, bf16=bf16)
+        trainer = build_trainer(cfg, sft_dataset)
+        dtypes: set[torch.dtype] = set()
+        trainer.model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
+        trainer.train()
+        assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+        return dtypes
+
+    assert matmul_dtypes(True) == {torch.bfloat16}
+    assert matmul_dtypes(None) == {torch.float32}

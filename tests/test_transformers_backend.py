@@ -109,9 +109,23 @@ def test_few_shot_stops_at_the_next_question(tiny_lm_dir, monkeypatch):
     assert seen["stop_strings"] == [FEW_SHOT_STOP]
     assert tok.decode(seen["input_ids"][0]).endswith("Question: What is 12 times 7?\nAnswer:")
     monkeypatch.setattr(model, "generate", real_generate)
-    # The real model with the real stop criterion: whatever it writes, no stop text survives.
+    # The real generate loop and its stop criterion, the model scripted through its logits to write " 84", the
+    # stop text and more: generation must end at the stop text, not run on to max_new_tokens.
+    head = tok(" 84" + FEW_SHOT_STOP, add_special_tokens=False).input_ids
+    script = head + tok(" more text" * 20, add_special_tokens=False).input_ids
+    real_forward, steps = model.forward, []
+
+    def forced(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        out.logits[:, -1, :] = -1e4
+        out.logits[:, -1, script[min(len(steps), len(script) - 1)]] = 1e4
+        steps.append(1)
+        return out
+
+    monkeypatch.setattr(model, "forward", forced)
     (real,) = backend.generate(req)
-    assert FEW_SHOT_STOP not in real.text
+    assert real.text == "84" and real.extra["finish_reason"] == "stop"
+    assert real.completion_tokens == len(steps) == len(head) < 32
 
 
 def test_fingerprint_names_backend_model_and_prompting(tiny_lm_dir):

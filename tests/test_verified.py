@@ -12,7 +12,7 @@ import yaml
 
 from persyn.cli import main
 from persyn.errors import ConfigError
-from persyn.export import apply_min_quality
+from persyn.outputs.export import apply_min_quality
 from persyn.prompts import _gym_rows
 
 SPEC = "gym:basic_arithmetic+chain_sum:40:3"
@@ -38,7 +38,7 @@ def gym_config(root, **over):
            "teachers": [{"name": n, "backend": "recorded", "model": str(root / f"{n}.jsonl"), "quality_field": None}
                         for n in ("wrong", "arith", "right")],
            "quality": {"kind": "gym"}, "reward": {"alpha": 0.0}, "probe": {"size": 12, "seed": 0},
-           "router": {"epochs": 30, "seed": 0}}
+           "router": {"bt": {"epochs": 30}, "seed": 0}}
     cfg.update(over)
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -8,11 +8,11 @@ a missing score, as for an empty response, leaves that response out, as Eq. 2 do
 
 For each probe seed, a random probe (default 200 prompts) is drawn, the ridge router (persyn's default, MiniLM
 embeddings) is fitted on it, and the other prompts are held out. Candidates per held-out prompt: the router's top k
-(`--ks`), and the generation-budget allocations (`--budgets`, persyn.budget.allocate). Each row is the gap captured,
-(mean true reward of the kept response - best single) / (oracle - best single), the true reward being Eq. 2 over
-all N teachers and the best single teacher the probe's pick, as in `persyn router-eval`. Rules compared:
+(`--ks`), and the generation-budget allocations (`--budgets`, persyn.stages.budget.allocate). Each row is the gap
+captured, (mean true reward of the kept response - best single) / (oracle - best single), the true reward being
+Eq. 2 over all N teachers and the best single teacher the probe's pick, as in `persyn router-eval`. Rules compared:
 - fixed scales: each component divided by its mean per-prompt spread on the probe (persyn's rule before);
-- keep_best: persyn.budget.keep_best, probe completions of the unasked teachers (the rule now);
+- keep_best: persyn.stages.budget.keep_best, probe completions of the unasked teachers (the rule now);
 - ridge fill: the unasked teachers' raw quality and learnability predicted by a ridge router fitted on the probe's
   raw scores (the same machinery as the routing router), then Eq. 2 over the N filled values;
 - candidates only: Eq. 2 over the k candidates alone;
@@ -32,11 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from persyn import budget
-from persyn.budget import allocate, candidate_rule, eq2_rows, keep_best
 from persyn.keys import draw_probe
 from persyn.router import Embedder, make_router
 from persyn.scoring.reward import reward_matrix
+from persyn.scoring.reward import reward_rows as eq2_rows
+from persyn.stages import budget
+from persyn.stages.budget import allocate, candidate_rule, keep_best
 
 WIDTHS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 3.0)
 
@@ -249,7 +250,7 @@ def main() -> None:
           f"{len(ids) - args.probe} held out, seeds {seeds}; router routed on {sum(routed)} of {len(seeds)} seeds")
     print("probe CV shortfall against the best of the same candidates, by kernel width: "
           + ", ".join(f"{w[6:]}: {cv_mean[w]:.4f}" for w in widths)
-          + f" -> {chosen[6:]} (persyn.budget.BANDWIDTH = {budget.BANDWIDTH:g})")
+          + f" -> {chosen[6:]} (persyn.stages.budget.BANDWIDTH = {budget.BANDWIDTH:g})")
     print("probe CV shortfall, other choices: " + ", ".join(f"{n}: {v:.4f}" for n, v in cv_mean.items()
                                                               if n not in widths))
     shown = ("fixed scales (before)", "keep_best (now)", "ridge fill", "candidates only",

@@ -6,7 +6,11 @@ they were never taught a chat format and answer a bare question poorly.
 
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
+
+from persyn.errors import ConfigError
 
 FEW_SHOT_EXAMPLES: list[tuple[str, str]] = [
     (
@@ -53,3 +57,47 @@ def format_prompt(tokenizer: Any, prompt: str, *, chat_template: str | None = No
 def format_response(prompt_text: str, response: str, *, few_shot: bool) -> str:
     """How the response continues the formatted prompt (a leading space after 'Answer:')."""
     return f" {response.lstrip()}" if few_shot else response
+
+
+def template_text(value: str | None, *, key: str) -> str | None:
+    """A Jinja template given inline or as a path to a .jinja file; "few-shot" passes through."""
+    if value is None or value == "few-shot" or "{" in value:
+        return value
+    path = Path(value).expanduser()
+    if path.suffix == ".jinja" or path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read chat template file: {exc.strerror}", key=key) from None
+    return value
+
+
+@lru_cache(maxsize=16)
+def _compiled(template: str) -> Any:
+    import json
+    from datetime import datetime
+
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(message)
+
+    # As transformers renders chat templates (trim_blocks, lstrip_blocks, these globals), without a tokenizer.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
+        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    return env.from_string(template)
+
+
+def render_template(template: str, prompt: str, *, key: str) -> str:
+    """A one-turn chat prompt rendered with a Jinja chat template, generation prompt included.
+
+    `bos_token` renders empty: a server tokenising the text for /v1/completions adds the BOS itself where its
+    tokenizer has one, as it would have after rendering the template on its chat endpoint."""
+    try:
+        return _compiled(template).render(messages=[{"role": "user", "content": prompt}],
+                                          add_generation_prompt=True, bos_token="", eos_token="")
+    except Exception as exc:  # noqa: BLE001 - any template error is the template's: one line naming the key
+        raise ConfigError(f"the chat template does not render: {type(exc).__name__}: {exc}", key=key) from None

@@ -18,7 +18,7 @@ from persyn.config import RunConfig
 DOC = Path("docs") / "config.md"
 HEADER = """# Configuration reference
 
-Generated from the pydantic models in `src/persyn/config.py` by `persyn config-docs`; do not edit by hand.
+Generated from the pydantic models in `src/persyn/config/` by `persyn config-docs`; do not edit by hand.
 A run's YAML mirrors these models: unknown keys and wrong types are errors naming the key. Every run writes its
 config with all defaults filled in to `run_dir/config.resolved.yaml`.
 """

@@ -24,6 +24,7 @@ from typing import Any
 from persyn.backends.base import GenParams, generation_key, make_backend
 from persyn.config import RunConfig, TeacherConfig
 from persyn.prompts import Prompt
+from persyn.store import Meta
 
 
 def digest(obj: Any, n: int = 16) -> str:
@@ -92,6 +93,8 @@ class Keys:
                  "max_length": s.max_length}
         if s.server_url:
             parts["server_url"] = s.server_url
+        if s.server_url and s.server_model:  # a server may serve adapters of the same base under other names
+            parts["server_model"] = s.server_model
         return json.dumps(parts, sort_keys=True)
 
     def router(self, probe: Sequence[Prompt], rewards_bytes: bytes) -> str:
@@ -115,9 +118,9 @@ class Keys:
         snap: dict[str, Any] = {"teachers": {t.name: {"fingerprint": self.teacher(t),
                                                       "params": self.params(t).as_dict()}
                                              for t in cfg.teachers}}
-        if cfg.reward.alpha < 1:
+        if cfg.reward.needs_quality:
             snap["quality"] = self.quality_scorer
-        if cfg.reward.alpha > 0 and cfg.student is not None:
+        if cfg.reward.needs_learnability and cfg.student is not None:
             snap["student"] = self.learnability_scorer
         snap["reward"] = cfg.reward.model_dump(mode="json")
         snap["router"] = cfg.router.model_dump(mode="json")
@@ -145,7 +148,7 @@ def draw_probe(ids: Iterable[str], size: int, seed: int, keep: Iterable[str] = (
 def current_probe(store: Any, cfg: RunConfig, ids: list[str]) -> list[str]:
     """This config's probe over these prompt ids (a Store gives the last run's probe, kept when drawn with the
     same seed)."""
-    same_seed = store.get_meta("probe_seed", cfg.probe.seed) == cfg.probe.seed
+    same_seed = store.get_meta(Meta.PROBE_SEED, cfg.probe.seed) == cfg.probe.seed
     keep = store.probe_ids() if same_seed else ()
     return draw_probe(ids, min(cfg.probe.resolve(len(ids)), len(ids)), cfg.probe.seed, keep=keep)
 

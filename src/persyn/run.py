@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from persyn.executors import Executor, make_executor
 from persyn.keys import Keys
 from persyn.prompts import Prompt
 from persyn.store import Generation, RunLock, Store
+
+if TYPE_CHECKING:
+    from persyn.router.embed import Embedder
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Run:
     prompt_changes: list[str] = field(default_factory=list)  # prompts edited, added or removed since the last run
     changes: str = ""  # the line saying what changed since the last run and what will be redone
     keys: Keys = field(init=False)
+    _embedder: Embedder | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.keys = Keys(self.cfg)
@@ -47,6 +51,29 @@ class Run:
 
     def teacher_names(self) -> list[str]:
         return [t.name for t in self.cfg.teachers]
+
+    def embed(self, texts: list[str], label: str = "embedding") -> np.ndarray:
+        """Prompt embeddings of the router's backbone, through the run's one embedder and its cache. The model is
+        let go after each call, so it does not sit beside the teachers while they generate."""
+        if self._embedder is None:
+            from persyn.router.embed import embedder_for
+
+            student, model = self.cfg.student, None
+            if self.cfg.router.backbone == "student" and student is not None and not student.server_url \
+                    and hasattr(self.executor, "student_model"):
+                executor = self.executor
+                model = lambda: executor.student_model(student)  # noqa: E731 - the loaded student, on first use
+            self._embedder = embedder_for(self.cfg.router, student, self.run_dir / "embeddings.sqlite", model=model)
+        try:
+            return self._embedder.embed(texts, label)
+        finally:
+            self._embedder.release()
+
+    def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
+        self.executor.close()
 
 
 def open_run(cfg: RunConfig) -> Run:
@@ -63,7 +90,7 @@ def opened_run(cfg: RunConfig) -> Iterator[Run]:
         try:
             yield run
         finally:
-            run.executor.close()
+            run.close()
 
 
 # Reading the store -------------------------------------------------------------------------------------------
@@ -85,16 +112,21 @@ class RewardMatrices:
     learnability: np.ndarray
     reward: np.ndarray
     empty: np.ndarray | None = None  # [P, T] True where the response is empty (scored worst); None: unknown
+    present: np.ndarray | None = None  # [P, T] True where the response exists without error; None: unknown
+
+    def rows(self, index: np.ndarray | list[int]) -> RewardMatrices:
+        """The same matrices on a subset of the prompts, in `index` order."""
+        idx = np.asarray(index, dtype=np.int64)
+        pick = lambda m: None if m is None else m[idx]  # noqa: E731
+        return RewardMatrices([self.prompts[i] for i in idx] if self.prompts else [], self.quality[idx],
+                              self.learnability[idx], self.reward[idx], pick(self.empty), pick(self.present))
 
     def reward_at(self, alpha: float, method: str) -> np.ndarray:
         """Eq. 2 at another alpha from the same raw scores (quality needed when alpha < 1, learnability when
         alpha > 0; missing ones give NaN, as in `reward`)."""
-        from persyn.scoring.reward import reward_matrix
+        from persyn.scoring.reward import scored_rewards
 
-        present = np.isfinite(self.reward)
-        q_in = np.where(present, self.quality, np.nan) if alpha < 1 else np.where(present, 0.0, np.nan)
-        l_in = np.where(present, self.learnability, np.nan) if alpha > 0 else None
-        return reward_matrix(q_in, l_in, alpha, method, worst=self.empty)
+        return scored_rewards(self.quality, self.learnability, np.isfinite(self.reward), self.empty, alpha, method)
 
 
 def probe_prompts(run: Run) -> list[Prompt]:
@@ -114,7 +146,7 @@ def probe_rewards(run: Run) -> RewardMatrices:
 
 def rewards_for(run: Run, prompts: list[Prompt]) -> RewardMatrices:
     """Raw quality and learnability and the combined reward for these prompts, from what the store holds."""
-    from persyn.scoring.reward import reward_matrix
+    from persyn.scoring.reward import scored_rewards
 
     cfg = run.cfg
     keys, gens = prompt_generations(run, prompts)
@@ -122,20 +154,17 @@ def rewards_for(run: Run, prompts: list[Prompt]) -> RewardMatrices:
     P, T = len(prompts), len(cfg.teachers)
     nan = np.full((P, T), np.nan)
     quality, learn = nan.copy(), nan.copy()
-    if cfg.reward.alpha < 1:
+    if cfg.reward.needs_quality:
         q = run.store.scores("quality", run.keys.quality_scorer, flat)
         quality = np.array([[_num(q.get(k)) for k in row] for row in keys]).reshape(P, T)
-    if cfg.reward.alpha > 0:
+    if cfg.reward.needs_learnability:
         s = run.store.scores("learnability", run.keys.learnability_scorer, flat)
         learn = np.array([[_num(s.get(k)) for k in row] for row in keys]).reshape(P, T)
     present = np.array([[k in gens and gens[k].error is None for k in row] for row in keys]).reshape(P, T)
     empty = np.array([[k in gens and gens[k].error is None and not (gens[k].text or "").strip() for k in row]
                       for row in keys]).reshape(P, T)
-    # Failed generations and responses without a score drop out (NaN); empty responses score the worst.
-    q_in = np.where(present, quality, np.nan) if cfg.reward.alpha < 1 else np.where(present, 0.0, np.nan)
-    l_in = np.where(present, learn, np.nan) if cfg.reward.alpha > 0 else None
-    rewards = reward_matrix(q_in, l_in, cfg.reward.alpha, cfg.reward.normalization, worst=empty)
-    return RewardMatrices(list(prompts), quality, learn, rewards, empty)
+    rewards = scored_rewards(quality, learn, present, empty, cfg.reward.alpha, cfg.reward.normalization)
+    return RewardMatrices(list(prompts), quality, learn, rewards, empty, present)
 
 
 def _num(v: float | None) -> float:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from persyn.keys import digest
+from persyn.store import Meta
 
 if TYPE_CHECKING:
     from persyn.prompts import Prompt
@@ -62,7 +63,7 @@ def up_to_date_prompts(run: Run, read: Callable[[], list[Prompt]]) -> tuple[list
     """(prompts, whether the run matches its stamp). The parts that need neither the prompts nor the teachers'
     fingerprints are compared first; when they differ, nothing is read (None) and the run takes the stages, with
     preflight, as usual. When they match, the config is the one that passed preflight in the stamped run."""
-    stamp = run.store.get_meta("run_stamp")
+    stamp = run.store.get_meta(Meta.RUN_STAMP)
     cheap = _cheap_parts(run)
     if stamp is None or any(stamp.get(k) != v for k, v in cheap.items()):
         return None, False
@@ -71,5 +72,5 @@ def up_to_date_prompts(run: Run, read: Callable[[], list[Prompt]]) -> tuple[list
 
 
 def write_stamp(run: Run, prompts: list[Prompt]) -> None:
-    run.store.set_meta("run_stamp", current_stamp(run, prompts))
+    run.store.set_meta(Meta.RUN_STAMP, current_stamp(run, prompts))
     run.store.count_next_write()

@@ -6,10 +6,29 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from persyn.config import RunConfig
+from persyn.config import RunConfig, TeacherConfig
 from persyn.keys import Keys, current_probe
 from persyn.prompts import Prompt, load_prompts
-from persyn.store import Store
+from persyn.store import Meta, Route, Store
+
+Pair = tuple[Prompt, TeacherConfig]
+
+
+def probe_pairs(prompts: list[Prompt], probe_ids: set[str], teachers: list[TeacherConfig]) -> list[Pair]:
+    """What the probe needs: every teacher on every probe prompt."""
+    return [(p, t) for p in prompts if p.id in probe_ids for t in teachers]
+
+
+def routed_prompts(prompts: list[Prompt], routing: dict[str, Route]) -> list[tuple[Prompt, Route]]:
+    """The routed prompts (outside the probe) with their routes, in prompt order."""
+    return [(p, routing[p.id]) for p in prompts if p.id in routing and not routing[p.id].probe]
+
+
+def routed_pairs(prompts: list[Prompt], routing: dict[str, Route], teachers: list[TeacherConfig]) -> list[Pair]:
+    """What the generate stage needs: each routed prompt's candidates (the router's picks under a budget)."""
+    by_name = {t.name: t for t in teachers}
+    return [(p, by_name[name]) for p, route in routed_prompts(prompts, routing) for name in route.candidates
+            if name in by_name]
 
 
 class Counts(NamedTuple):
@@ -33,25 +52,22 @@ class Pending:
 
 def pending_work(cfg: RunConfig, store: Store, keys: Keys, prompts: list[Prompt], probe_ids: set[str]) -> Pending:
     """Everything this config still needs that the store lacks; keys come from `keys`, never rebuilt here."""
-    probe = [p for p in prompts if p.id in probe_ids]
-    pairs = [(keys.generation(t, p), t.name) for p in probe for t in cfg.teachers]
+    pairs = [(keys.generation(t, p), t.name) for p, t in probe_pairs(prompts, probe_ids, cfg.teachers)]
     probe_keys = {k for k, _ in pairs}
     done = store.done_keys(probe_keys)
     out = Pending(probe=Counts(len(done), len(probe_keys - done)))
     out.probe_by_teacher.update(name for k, name in dict(pairs).items() if k not in done)
-    if cfg.reward.alpha < 1:
+    if cfg.reward.needs_quality:
         q = store.scores("quality", keys.quality_scorer, sorted(done))
         out.quality = Counts(len(q), len(probe_keys - set(q)))
-    if cfg.reward.alpha > 0:
+    if cfg.reward.needs_learnability:
         s = store.scores("learnability", keys.learnability_scorer, sorted(done))
         out.learnability = Counts(len(s), len(probe_keys - set(s)))
     routing = store.routing()
-    fp = store.get_meta("router_fp")
+    fp = store.get_meta(Meta.ROUTER_FP)
     routed = sum(1 for p in prompts if p.id in routing and routing[p.id].router == keys.route(fp, p))
     out.routed = Counts(routed, len(prompts) - routed)
-    teachers = {t.name: t for t in cfg.teachers}
-    needed = {keys.generation(teachers[name], p): name for p in prompts if p.id in routing
-              and not routing[p.id].probe for name in routing[p.id].candidates if name in teachers}
+    needed = {keys.generation(t, p): t.name for p, t in routed_pairs(prompts, routing, cfg.teachers)}
     gdone = store.done_keys(needed)
     if out.quality is not None and cfg.scores_routed_quality:  # routed responses are scored too
         q = store.scores("quality", keys.quality_scorer, sorted(gdone))

@@ -45,8 +45,25 @@ CREATE TABLE IF NOT EXISTS routing (
 """
 
 
+class Meta:
+    """The keys of the store's meta table, one place for their names and meaning."""
+
+    VERSION = "version"  # moves on any write of stored data (persyn.stamp)
+    PROBE_SEED = "probe_seed"  # the seed the stored probe was drawn with
+    ADAPTIVE_PROBE_SIZE = "adaptive_probe_size"  # the size adaptive growth reached
+    PROBE_ROUNDS = "probe_rounds"  # adaptive growth: [{"size", "cv_gain"}] per round
+    ROUTER_FP = "router_fp"  # the saved router's identity (persyn.keys.Keys.router)
+    ROUTER_REPORT = "router_report"  # its RouterReport, as summary.json shows it
+    ROUTE_PLAN = "route_plan"  # the budget and accept_quality the routing was made for
+    IDENTITY = "identity"  # the last run's inputs, for the "what changed" line
+    STAGE_SECONDS = "stage_seconds"  # each stage's latest wall time
+    RUN_STAMP = "run_stamp"  # the finished run's stamp
+    STUDENT_SERVER_CHECKED = "student_server_checked"  # the learnability key whose server passed the check
+
+
 # Meta keys that record how a run went rather than what it made: writing them does not move the store's version.
-BOOKKEEPING_META = frozenset({"version", "stage_seconds", "identity", "run_stamp"})
+BOOKKEEPING_META = frozenset({Meta.VERSION, Meta.STAGE_SECONDS, Meta.IDENTITY, Meta.RUN_STAMP,
+                              Meta.STUDENT_SERVER_CHECKED})
 
 
 @dataclass(frozen=True)
@@ -150,7 +167,7 @@ class Store:
     # version: a counter that moves whenever the stored data may have changed, so a stamp taken at one version
     # (persyn.stamp) tells whether anything was written since, by this process or any other.
     def version(self) -> int:
-        return int(self.get_meta("version", 0))
+        return int(self.get_meta(Meta.VERSION, 0))
 
     def _changed(self) -> None:
         if not self._counted:  # once per connection until the next stamp: not a write per generation

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from persyn.registry import Registry
+from persyn.plugins import Registry
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,11 @@ def make_backend(teacher: Any, **context: Any) -> Backend:
 def _load_builtin() -> None:
     import importlib
 
-    for mod in ("recorded", "transformers_backend", "openai_backend"):
+    for mod in ("persyn.backends.recorded", "persyn.backends.transformers_backend", "persyn.remote.openai_backend"):
         try:
-            importlib.import_module(f"persyn.backends.{mod}")
+            importlib.import_module(mod)
         except ModuleNotFoundError as exc:  # a backend not yet written or an optional dependency missing
-            if not (exc.name or "").startswith(("persyn.backends", "openai", "httpx")):
+            if not (exc.name or "").startswith(("persyn.backends", "persyn.remote", "openai", "httpx")):
                 raise
 
 

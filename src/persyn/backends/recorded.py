@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from persyn.backends.base import GenRequest, GenResult, batched, register_backend
 from persyn.errors import ConfigError, InputError
+from persyn.files import atomic_path
 from persyn.models.cache import sha256_memo
 from persyn.prompts import jsonl_rows_at, read_rows
 
@@ -87,10 +87,13 @@ class RecordedBackend:
 
     def _build_index(self, target: Path) -> None:
         """Validate every row and write the index to a temporary file, renamed into place when complete."""
-        t, src = self.teacher, str(self.path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
+        with atomic_path(target) as tmp:
+            tmp.unlink(missing_ok=True)
+            self._write_index(tmp)
+
+    def _write_index(self, tmp: Path) -> None:
+        t, src = self.teacher, str(self.path)
         db = sqlite3.connect(tmp)
         try:
             db.execute("CREATE TABLE rows (key BLOB PRIMARY KEY, line INTEGER NOT NULL, offset INTEGER, "
@@ -116,12 +119,8 @@ class RecordedBackend:
                     batch = []
             db.executemany("INSERT OR IGNORE INTO rows VALUES (?,?,?,?,?,?)", batch)
             db.commit()
-        except BaseException:
+        finally:
             db.close()
-            tmp.unlink(missing_ok=True)
-            raise
-        db.close()
-        os.replace(tmp, target)
 
     def _index(self) -> sqlite3.Connection:
         if self._db is None:

@@ -6,11 +6,10 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from persyn.backends.base import GenParams, GenRequest, GenResult, register_backend
-from persyn.chat import FEW_SHOT_STOP, format_prompt, uses_few_shot
+from persyn.chat import FEW_SHOT_STOP, format_prompt, template_text, uses_few_shot
 from persyn.errors import ConfigError
 
 
@@ -55,7 +54,7 @@ class TransformersBackend:
         self.batch_size = int(teacher.batch_size or context.get("batch_size", 8))
         self.dtype: str | None = getattr(teacher, "dtype", None) or context.get("dtype")
         self.device: str | None = context.get("device")
-        self.chat_template = _template_text(teacher.chat_template, key=f"teachers.{teacher.name}.chat_template")
+        self.chat_template = template_text(teacher.chat_template, key=f"teachers.{teacher.name}.chat_template")
         self._model: Any = None
         self._tokenizer: Any = None
         self._fingerprint: str | None = None
@@ -130,10 +129,9 @@ class TransformersBackend:
             finish = "stop" if end is not None else "length"
             if self.few_shot and FEW_SHOT_STOP in text:
                 text, finish = text[:text.index(FEW_SHOT_STOP)], "stop"
-            total = prompt_tokens + len(kept)
             results.append(GenResult(key=req.key, text=text.strip(), prompt_tokens=prompt_tokens,
                                      completion_tokens=len(kept), seconds=seconds,
-                                     cost=total / 1000 * self.teacher.cost_per_1k_tokens,
+                                     cost=self.teacher.cost(prompt_tokens, len(kept)),
                                      extra={"finish_reason": finish}))
         return results
 
@@ -176,16 +174,3 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
-
-
-def _template_text(value: str | None, *, key: str) -> str | None:
-    """A Jinja template given inline or as a path to a .jinja file; "few-shot" passes through."""
-    if value is None or value == "few-shot" or "{" in value:
-        return value
-    path = Path(value).expanduser()
-    if path.suffix == ".jinja" or path.is_file():
-        try:
-            return path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read chat template file: {exc.strerror}", key=key) from None
-    return value

@@ -4,15 +4,21 @@ config-docs."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from persyn.cli.app import ConfigArg, app, console, load_run_config, models_app
 
+if TYPE_CHECKING:
+    from persyn.config import RunConfig
 
-def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+
+def _print_summary(summary: dict[str, Any], cfg: RunConfig) -> None:
+    from persyn.router import report_from_dict
+
+    run_dir = cfg.path
     table = Table(title="Teachers")
     for col in ("teacher", "share", "rows", "generations", "tokens", "cost"):
         table.add_column(col, justify="left" if col == "teacher" else "right")
@@ -21,18 +27,12 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
                       str(summary["teacher_counts"].get(name, 0)), str(info["generations"]),
                       str(info["completion_tokens"]), f"{info['cost']:.4f}")
     console.print(table)
-    r = summary.get("router") or {}
-    if "cv_gain" in r:
-        console.print(f"router ({r['folds']}-fold cross-validation over the probe): gain {r['cv_gain']:+.4f} "
-                      f"(s.e. {r['cv_gain_se']:.4f}) in mean reward over the best single teacher "
-                      f"{r.get('best_single_teacher')}, out-of-fold Hit@1 {r['val_hit1']:.3f}")
-    elif r:
-        console.print(f"router (held-out probe): Hit@1 {r.get('val_hit1', float('nan')):.3f}, "
-                      f"mean reward {r.get('val_mean_reward', float('nan')):.4f} vs best single teacher "
-                      f"{r.get('best_single_teacher')} {r.get('val_best_single_mean_reward', float('nan')):.4f}")
-    if r.get("fallback_to_bias"):
-        reason = r.get("fallback_reason") or "the trained head did not beat it significantly on validation"
-        console.print(f"[yellow]router fell back to the best single teacher {r.get('best_single_teacher')}: {reason}")
+    report = report_from_dict(cfg.router.kind, summary["router"]) if summary.get("router") else None
+    if report is not None:
+        console.print(report.describe())
+        if report.fallback_to_bias:
+            reason = report.fallback_reason or "the trained head did not beat it significantly on validation"
+            console.print(f"[yellow]router fell back to the best single teacher {report.best_single_teacher}: {reason}")
     b = summary.get("budget") or {}
     if b.get("budget", 1) != 1 or b.get("accept_quality") is not None:
         console.print(f"generation budget {b['budget']:g}: {b['routed_generations']} generations for "
@@ -71,7 +71,7 @@ def run(config: ConfigArg) -> None:
 
     cfg = load_run_config(config)
     result = run_stages(cfg)
-    _print_summary(result.summary, cfg.path)
+    _print_summary(result.summary, cfg)
     if result.up_to_date and (cfg.path / "report.html").exists():
         console.print(f"report: {cfg.path / 'report.html'} (unchanged)")
     else:
@@ -79,7 +79,7 @@ def run(config: ConfigArg) -> None:
 
 
 def _write_report(cfg, **kwargs: Any) -> None:
-    from persyn.html_report import write_html_report
+    from persyn.outputs.html_report import write_html_report
 
     console.print(f"report: {write_html_report(cfg, **kwargs)}")
 
@@ -91,7 +91,7 @@ def _stage_command(stage: str):
         cfg = load_run_config(config)
         result = run_stages(cfg, [stage])
         if stage == "export":
-            _print_summary(result.summary, cfg.path)
+            _print_summary(result.summary, cfg)
         else:
             failed = f", {result.failed} failed: run again to retry them" if result.failed else ""
             console.print(f"{stage}: done ({result.generated} new generations{failed})")
@@ -117,7 +117,7 @@ def export(
     private: Annotated[bool, typer.Option(help="With --push-to-hub: a private repo.")] = False,
 ) -> None:
     """Run the export stage (dataset.jsonl, routing, scores, summary) and optionally write a trainer format."""
-    from persyn.formats import check_format, check_hub, push_to_hub, require_run, write_export
+    from persyn.outputs.formats import check_format, check_hub, push_to_hub, require_run, write_export
     from persyn.pipeline import run_stages
 
     cfg = load_run_config(config)
@@ -129,7 +129,7 @@ def export(
     if hub_repo:
         check_hub(hub_repo)
     result = run_stages(cfg, ["export"])
-    _print_summary(result.summary, cfg.path)
+    _print_summary(result.summary, cfg)
     if fmt is None:
         return
     out_dir, rows = write_export(cfg, fmt, out)
@@ -167,7 +167,7 @@ def batch_export(config: ConfigArg,
                  out: Annotated[Path, typer.Option(help="Folder for the Batch JSONL files.")] = Path("batch"),
                  stage: Annotated[str, typer.Option(help="probe or generate")] = "probe") -> None:
     """Write the requests a stage still needs as OpenAI Batch API files, one per teacher."""
-    from persyn.batch_route import export_pending
+    from persyn.remote.batch_route import export_pending
 
     for name, (path, n) in export_pending(load_run_config(config), stage, out).items():
         console.print(f"{name}: {n} requests -> {path}")
@@ -179,7 +179,7 @@ def batch_import(config: ConfigArg,
                  teacher: Annotated[str, typer.Option(help="The teacher these results belong to.")],
                  stage: Annotated[str, typer.Option(help="probe or generate")] = "probe") -> None:
     """Store a Batch API results file; only requests still pending are taken, failed ones stay pending."""
-    from persyn.batch_route import import_results
+    from persyn.remote.batch_route import import_results
 
     counts = import_results(load_run_config(config), stage, teacher, results)
     console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))

@@ -12,6 +12,7 @@ from rich.markup import escape
 from persyn.cli import commands, experiments  # noqa: F401 - importing them registers their commands on `app`
 from persyn.cli.app import app
 from persyn.errors import PersynError
+from persyn.progress import quiet_libraries
 
 
 def _interrupted() -> None:
@@ -39,6 +40,7 @@ def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
     try:
         # Outside standalone mode Typer returns exit codes instead of exiting: 130 is its Ctrl-C.
         code = app(args=argv, standalone_mode=False)

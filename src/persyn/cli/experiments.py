@@ -34,8 +34,8 @@ def router_eval_cmd(
     """Router Hit@1/3 and reward against oracle, best single teacher and random on held-out prompts, and the
     cost-reward frontier over generation budgets (router_eval.json, frontier.json and a PNG)."""
     from persyn.errors import ConfigError
+    from persyn.experiments.router_eval import router_eval
     from persyn.router import router_kinds
-    from persyn.router_eval import router_eval
 
     cfg = load_run_config(config)
     for k in kind or []:
@@ -75,25 +75,27 @@ def train_cmd(
     dataset: Annotated[Path, typer.Argument(help="Exported dataset (JSONL with `messages`).")],
     model: Annotated[str, typer.Option(help="Student: registry name, HF id or local dir.")],
     output_dir: Annotated[Path, typer.Option(help="Where the checkpoint goes.")],
-    epochs: float = 1.0,
+    epochs: Annotated[float | None, typer.Option(help="Training epochs (default 1).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
-    learning_rate: float = 5e-5,
-    batch_size: int = 4,
-    grad_accum: int = 1,
-    max_length: int = 256,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (default 5e-5).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Rows per device step (default 4).")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps (default 1).")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Prompt + response tokens (default 256).")] = None,
     seed: int = 0,
     lora: Annotated[bool, typer.Option(help="LoRA through PEFT (merged into the saved checkpoint).")] = False,
     chat_template: Annotated[str | None, typer.Option(help="Jinja override, or 'few-shot' for base models.")] = None,
 ) -> None:
-    """Fine-tune a student with TRL SFT (loss on the response tokens only); a finished run is not redone."""
+    """Fine-tune a student with TRL SFT (loss on the response tokens only); a finished run is not redone. Options
+    left out take persyn.experiments.train.TrainConfig's defaults."""
     from pydantic import ValidationError
 
-    from persyn.train import TrainConfig, train_student
+    from persyn.experiments.train import TrainConfig, train_student
 
+    given = {"epochs": epochs, "max_steps": max_steps, "learning_rate": learning_rate, "batch_size": batch_size,
+             "grad_accum": grad_accum, "max_length": max_length, "chat_template": chat_template}
     try:
-        cfg = TrainConfig(model=model, output_dir=str(output_dir), epochs=epochs, max_steps=max_steps,
-                          learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum,
-                          max_length=max_length, seed=seed, lora=lora, chat_template=chat_template)
+        cfg = TrainConfig(model=model, output_dir=str(output_dir), seed=seed, lora=lora,
+                          **{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(err["msg"], key=".".join(map(str, err["loc"]))) from None
@@ -123,7 +125,7 @@ def eval_cmd(
 ) -> None:
     """Evaluate a model on GSM8K, reasoning-gym items, IFEval and/or lm-evaluation-harness tasks; results are
     JSON, per-item records JSONL."""
-    from persyn.eval import evaluate
+    from persyn.experiments.eval import evaluate
 
     specs: list[dict] = []
     if config is not None:
@@ -156,7 +158,7 @@ def compare_cmd(
     no_train: Annotated[bool, typer.Option(help="Build the datasets only.")] = False,
 ) -> None:
     """Build each strategy's dataset, train and evaluate one student per strategy and seed, write report.md."""
-    from persyn.compare import compare_dir, run_compare
+    from persyn.experiments.compare import compare_dir, run_compare
 
     cfg = load_run_config(config)
     results = run_compare(cfg, strategies=strategy, train=False if no_train else None)

@@ -9,7 +9,7 @@ from persyn.executors.local import Executor, LocalExecutor
 
 def make_executor(cfg: Any) -> Executor:
     if cfg.executor == "ray":
-        from persyn.executors.ray_executor import RayExecutor
+        from persyn.remote.ray_executor import RayExecutor
 
         return RayExecutor(cfg)
     return LocalExecutor(cfg)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from persyn.backends.base import Backend, GenRequest, GenResult, make_backend
 from persyn.config import RunConfig, StudentConfig, TeacherConfig
+from persyn.scoring.student import student_learnability
 
 ModelKey = tuple[str, str, str, bool]  # persyn.models.causal_lm_key
 
@@ -90,7 +91,7 @@ class LocalExecutor:
         key = self.student_key() if teacher is None else self.teacher_key(teacher)
         if key is None or key not in self.resident:
             return
-        if teacher is not None and key == self.student_key() and self.cfg.reward.alpha > 0:
+        if teacher is not None and key == self.student_key() and self.cfg.reward.needs_learnability:
             return  # the student will need this very model to score the teacher's responses
         self._evict(key)
 
@@ -120,20 +121,3 @@ class LocalExecutor:
         self.backends.clear()
         for key in list(self.resident):  # the process may go on (a notebook, compare): free what this run held
             self._evict(key)
-
-
-def student_learnability(student: StudentConfig, prompts: list[str], responses: list[str]) -> Any:
-    """Eq. 1 with the local student (shared with teacher backends through the model cache) or a server."""
-    from persyn.models import load_causal_lm
-    from persyn.scoring.learnability import learnability_scores
-
-    if student.server_url:
-        from persyn.models import load_tokenizer
-        from persyn.scoring.server_logprobs import student_server_learnability
-
-        tokenizer = load_tokenizer(student.model, trust_remote_code=student.trust_remote_code)
-        return student_server_learnability(student, tokenizer, prompts, responses)
-    model, tokenizer = load_causal_lm(student.model, dtype=student.dtype, trust_remote_code=student.trust_remote_code)
-    return learnability_scores(model, tokenizer, prompts, responses, chat_template=student.chat_template,
-                               few_shot=student.few_shot, max_length=student.max_length,
-                               batch_tokens=student.batch_tokens)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -12,17 +11,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from persyn.files import sha256_file
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("PERSYN_CACHE") or Path.home() / ".cache" / "persyn").expanduser()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 _HASH_MEMO: dict[tuple[str, int, int, int, int], str] = {}

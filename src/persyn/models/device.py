@@ -79,3 +79,15 @@ def empty_gpu_cache() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def on_gpu(device: torch.device | str) -> bool:
+    """Whether a tensor's or model's device is a CUDA GPU (where packed scoring pays)."""
+    return str(device).split(":")[0] == "cuda"
+
+
+def half_precision(dtype: torch.dtype) -> bool:
+    """float16 or bfloat16: the dtypes flash-style varlen attention kernels take."""
+    import torch
+
+    return dtype in (torch.float16, torch.bfloat16)

@@ -19,21 +19,22 @@ A probe is small and its rewards are noisy, so training is guarded:
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from persyn.errors import ConfigError, InputError
-from persyn.router.base import WEIGHTS_FILE, read_router, register_router, write_router
+from persyn.router.base import WEIGHTS_FILE, RouterReport, read_router, register_router, write_router
 
 FORMAT_VERSION = 1
 
 
 @dataclass
-class FitReport:
+class FitReport(RouterReport):
+    kind: ClassVar[str] = "bt"
     n_train: int
     n_val: int
     pairs: int
@@ -49,8 +50,18 @@ class FitReport:
     fallback_to_bias: bool
     fallback_reason: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def gain(self) -> float:
+        if self.val_mean_reward is None or self.val_best_single_mean_reward is None:
+            return 0.0
+        return float(self.val_mean_reward - self.val_best_single_mean_reward)
+
+    def describe(self) -> str:
+        def f(v: float | None) -> float:
+            return float("nan") if v is None else v
+
+        return (f"router (held-out probe): Hit@1 {f(self.val_hit1):.3f}, mean reward {f(self.val_mean_reward):.4f} "
+                f"vs best single teacher {self.best_single_teacher} {f(self.val_best_single_mean_reward):.4f}")
 
 
 def preference_pairs(R: np.ndarray) -> np.ndarray:
@@ -87,6 +98,7 @@ def routed_metrics(scores: np.ndarray, R: np.ndarray) -> dict[str, float]:
 
 class BTRouter:
     kind = "bt"
+    report_type = FitReport
 
     def __init__(self, n_teachers: int, teacher_names: list[str], *, epochs: int = 200, lr: float = 1e-2,
                  batch_size: int = 64, weight_decay: float = 1e-2, val_fraction: float = 0.2,
@@ -95,9 +107,9 @@ class BTRouter:
             raise ConfigError(f"need n_teachers >= 2 names, got {n_teachers} and {len(teacher_names)} names",
                               key="teachers")
         if not 0 <= val_fraction < 1:
-            raise ConfigError(f"must be in [0, 1), got {val_fraction}", key="router.val_fraction")
+            raise ConfigError(f"must be in [0, 1), got {val_fraction}", key="router.bt.val_fraction")
         if epochs <= 0 or batch_size <= 0 or patience <= 0 or lr <= 0 or weight_decay < 0:
-            raise ConfigError("epochs, batch_size, patience and lr must be > 0, weight_decay >= 0", key="router")
+            raise ConfigError("epochs, batch_size, patience and lr must be > 0, weight_decay >= 0", key="router.bt")
         self.n_teachers, self.teacher_names = n_teachers, list(teacher_names)
         self.hparams = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
                         "val_fraction": val_fraction, "patience": patience, "seed": seed,

@@ -201,8 +201,27 @@ class Embedder:
         self.encoded_texts += len(texts)
         return out
 
+    def release(self) -> None:
+        """Let go of the model (it is loaded again on the next cache miss); the cache stays open."""
+        self._model = self._tokenizer = None
+
     def close(self) -> None:
+        self.release()
         self.cache.close()
+
+
+def embedder_for(router: Any, student: Any, cache_path: Path, *, backbone: str | None = None,
+                 model: Any = None, key: str = "router.backbone") -> Embedder:
+    """The embedder of a config's router section (`backbone` overrides router.backbone); `student` means the
+    student's model, which `model` (a loaded model or a callable giving it) provides when it is already loaded."""
+    spec = router.backbone if backbone is None else backbone
+    if spec == "student":
+        if student is None:
+            raise ConfigError("backbone 'student' needs a student", key=key)
+        spec = student.model
+    return Embedder(spec, pooling=router.pooling, layers=router.layers, max_length=router.max_length,
+                    batch_size=router.embed_batch_size, trust_remote_code=router.trust_remote_code,
+                    cache_path=cache_path, model=model)
 
 
 def pool(states: Any, mask: Any, pooling: Pooling) -> Any:

@@ -8,25 +8,26 @@ prompts it did not see. The same out-of-fold routing decides the fallback: unles
 (chosen on each fold's training prompts, as a user would choose it) by `min_gain_z` standard errors (default 1: the
 ridge strength was picked on these same folds, so the best out-of-fold gain is optimistic), every prompt goes to
 the teacher with the best probe mean. Predictions are on the reward scale, so their margins also say where
-an extra generation is worth paying for (see persyn.budget).
+an extra generation is worth paying for (see persyn.stages.budget).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from persyn.errors import ConfigError, InputError
-from persyn.router.base import read_router, register_router, write_router
+from persyn.router.base import RouterReport, read_router, register_router, write_router
 
 DEFAULT_LAMBDAS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 @dataclass
-class RidgeReport:
+class RidgeReport(RouterReport):
+    kind: ClassVar[str] = "ridge"
     n_train: int
     folds: int
     ridge_lambda: float
@@ -41,12 +42,23 @@ class RidgeReport:
     fallback_to_bias: bool
     fallback_reason: str | None
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def gain(self) -> float:
+        return float(self.cv_gain)
+
+    @property
+    def gain_se(self) -> float | None:
+        return float(self.cv_gain_se)
+
+    def describe(self) -> str:
+        return (f"router ({self.folds}-fold cross-validation over the probe): gain {self.cv_gain:+.4f} "
+                f"(s.e. {self.cv_gain_se:.4f}) in mean reward over the best single teacher "
+                f"{self.best_single_teacher}, out-of-fold Hit@1 {self.val_hit1:.3f}")
 
 
 class RidgeRouter:
     kind = "ridge"
+    report_type = RidgeReport
 
     def __init__(self, n_teachers: int, teacher_names: list[str], *, lambdas: list[float] | None = None,
                  folds: int = 5, seed: int = 0, min_gain_z: float = 1.0) -> None:
@@ -54,10 +66,10 @@ class RidgeRouter:
             raise ConfigError(f"need n_teachers >= 2 names, got {n_teachers} and {len(teacher_names)} names",
                               key="teachers")
         if folds < 2:
-            raise ConfigError(f"must be at least 2, got {folds}", key="router.folds")
+            raise ConfigError(f"must be at least 2, got {folds}", key="router.ridge.folds")
         lambdas = list(lambdas or DEFAULT_LAMBDAS)
         if not lambdas or min(lambdas) <= 0:
-            raise ConfigError("give positive ridge strengths", key="router.lambdas")
+            raise ConfigError("give positive ridge strengths", key="router.ridge.lambdas")
         self.n_teachers, self.teacher_names = n_teachers, list(teacher_names)
         self.hparams = {"lambdas": lambdas, "folds": folds, "seed": seed, "min_gain_z": min_gain_z}
         self.center: np.ndarray | None = None  # [d]

@@ -3,7 +3,7 @@
     L(x, y) = 1/|y| * sum_t log p_student(y_t | chat(x), y_<t)
 
 computed with the student *before* fine-tuning, over exactly the tokens `persyn train` trains on: each pair is
-tokenised as TRL's SFTTrainer tokenises the prompt-completion row that `persyn.train.to_prompt_completion`
+tokenised as TRL's SFTTrainer tokenises the prompt-completion row that `persyn.experiments.train.to_prompt_completion`
 makes of it, and the scored positions are SFT's completion mask.
 
 - Chat models: prompt ids = `apply_chat_template([user], add_generation_prompt=True)`, full ids =
@@ -24,6 +24,8 @@ to the response positions before the lm_head, and log-probs come from a fused lo
 those positions, so no [batch, seq, vocab] tensor is ever built. Models outside those families fall back to the
 model's own forward, with the padding mask, and `logits_to_keep` (or plain logits). On a CPU with several threads,
 batches run in single-threaded streams, one per thread, rather than one stream with every op split across threads.
+Packed (`pack`; the default on CUDA): each batch is one row with no padding at all, position ids restarting per
+sequence and attention kept within each (persyn.scoring.packed); the head works as above.
 """
 
 from __future__ import annotations
@@ -31,13 +33,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 
 from persyn.chat import format_prompt, format_response, uses_few_shot
+from persyn.models.device import on_gpu
+from persyn.scoring import packed
 
 # Families whose causal-LM head is `lm_head(model(...).last_hidden_state)`, optionally with Gemma's final
 # logit soft-capping. Others (e.g. Cohere's logit_scale, Granite's logits_scaling) take the fallback path.
@@ -80,7 +85,7 @@ def common_prefix_length(ids: list[int], other: list[int]) -> int:
 
 
 @dataclass
-class _Encoder:
+class Encoder:
     tokenizer: Any
     chat_template: str | None
     few_shot: bool | None
@@ -88,11 +93,11 @@ class _Encoder:
     min_response_tokens: int = MIN_RESPONSE_TOKENS
 
     def __post_init__(self) -> None:
-        from persyn.backends.transformers_backend import _template_text
+        from persyn.chat import template_text
 
         self.is_few_shot = uses_few_shot(self.tokenizer, self.few_shot, self.chat_template)
         template = None if self.chat_template in (None, "few-shot") else self.chat_template
-        self.template = _template_text(template, key="student.chat_template")
+        self.template = template_text(template, key="student.chat_template")
 
     def sft_ids(self, prompts: list[str], responses: list[str]) -> list[tuple[list[int], list[int]]]:
         """(prompt ids, prompt + completion ids) per pair, as TRL's SFTTrainer tokenises persyn train's rows."""
@@ -183,18 +188,23 @@ def _head_parts(model: Any) -> tuple[Any, Any, float | None] | None:
     return decoder, head, getattr(text_config, "final_logit_softcapping", None)
 
 
-def _logprobs_from_hidden(head: Any, hidden: torch.Tensor, targets: torch.Tensor,
-                          softcap: float | None) -> torch.Tensor:
+def _chunk_logprobs(logits: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    logits = logits.float()
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    # log_softmax + gather in one fused kernel (torch.logsumexp is several passes over the chunk)
+    return -torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
+def _logprobs_from_hidden(head: Any, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None,
+                          chunk_logprobs: Any = _chunk_logprobs) -> torch.Tensor:
     """log p(target) for rows of `hidden` [N, H], projecting through the head a chunk at a time."""
     out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
     vocab = head.out_features if hasattr(head, "out_features") else head.weight.shape[0]
-    chunk = max(1, _LOGIT_CHUNK_ELEMENTS // vocab)
+    elements = _LOGIT_CHUNK_ELEMENTS * (4 if hidden.is_cuda else 1)  # a GPU wants longer products, and has room
+    chunk = max(1, elements // vocab)
     for s in range(0, targets.shape[0], chunk):
-        logits = head(hidden[s:s + chunk]).float()
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
-        # log_softmax + gather in one fused kernel (torch.logsumexp is several passes over the chunk)
-        out[s:s + chunk] = -torch.nn.functional.cross_entropy(logits, targets[s:s + chunk], reduction="none")
+        out[s:s + chunk] = chunk_logprobs(head(hidden[s:s + chunk]), targets[s:s + chunk], softcap)
     return out
 
 
@@ -277,31 +287,58 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
+def _use_packing(pack: bool | str, model: Any, device: torch.device) -> bool:
+    """`auto`: packed on CUDA only (on a CPU the padded path was measured as fast; docs/performance.md)."""
+    if pack not in (True, False, "auto"):
+        raise ValueError(f"pack must be true, false or auto, not {pack!r}")
+    if pack is False or _head_parts(model) is None or not packed.packable(model):
+        return False
+    return pack is True or on_gpu(device)
+
+
 def learnability_scores(model: Any, tokenizer: Any, prompts: list[str], responses: list[str], *,
                         chat_template: str | None = None, few_shot: bool | None = None, max_length: int = 1024,
-                        batch_tokens: int = 4096) -> LearnabilityResult:
-    """Eq. 1 for every (prompt, response) pair, batched; see the module docstring for the exact tokens scored."""
+                        batch_tokens: int = 4096, pack: bool | str = "auto",
+                        compile: bool = False) -> LearnabilityResult:
+    """Eq. 1 for every (prompt, response) pair, batched; see the module docstring for the exact tokens scored.
+
+    `pack`: run each batch as one row without padding (persyn.scoring.packed) where the model allows; `compile`:
+    torch.compile the decoder for the packed path (cached on the model)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if max_length < 2:
         raise ValueError("max_length must leave room for one prompt and one response token")
-    encode = _Encoder(tokenizer, chat_template, few_shot, max_length)
+    encode = Encoder(tokenizer, chat_template, few_shot, max_length)
     present = [(i, e) for i, e in enumerate(encode(prompts, responses)) if e is not None]
     values: list[float | None] = [None] * len(prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = _device(model)
-    streams = _cpu_streams(device)
+    use_pack = _use_packing(pack, model, device)
+    streams = 1 if use_pack and compile else _cpu_streams(device)  # one thread compiles, and runs, the graph
     # Each stream's batches get its share of the token budget: the same memory in all, and enough batches for the
     # streams to stay busy to the end.
-    batches = list(_batches(present, max(1, batch_tokens // streams)))
+    split = packed.pack_batches if use_pack else _batches
+    batches = list(split(present, max(1, batch_tokens // streams)))
     streams = min(streams, len(batches))
+    if use_pack:
+        decoder, head, softcap = _head_parts(model)  # type: ignore[misc]
+        to_logprobs = _logprobs_from_hidden
+        if compile:
+            decoder = packed.compiled_decoder(decoder)
+            to_logprobs = partial(_logprobs_from_hidden, chunk_logprobs=packed.compiled_function(_chunk_logprobs))
+
+    def score_batch(batch: list[Encoded]) -> list[float]:
+        if use_pack:
+            return packed.score_packed(decoder, head, softcap, batch, device, to_logprobs)
+        return _score_batch(model, batch, pad_id, device)
 
     def score(batch: list[tuple[int, Encoded]]) -> None:
         with torch.inference_mode():  # thread-local, so entered in every stream
-            for (i, _), value in zip(batch, _score_batch(model, [e for _, e in batch], pad_id, device), strict=True):
+            for (i, _), value in zip(batch, score_batch([e for _, e in batch]), strict=True):
                 values[i] = value
 
-    with _EvalMode(model), _stream_pool(streams) as pool:
+    attention = packed.packed_attention_mode(model) if use_pack else nullcontext()
+    with _EvalMode(model), attention, _stream_pool(streams) as pool:
         if pool is None:
             for batch in batches:
                 score(batch)
@@ -321,7 +358,7 @@ def learnability_scores(model: Any, tokenizer: Any, prompts: list[str], response
 def naive_learnability(model: Any, tokenizer: Any, prompt: str, response: str, *, chat_template: str | None = None,
                        few_shot: bool | None = None, max_length: int = 1024) -> float:
     """Reference: one unpadded forward pass, full logits, log_softmax, mean over the response tokens."""
-    e = _Encoder(tokenizer, chat_template, few_shot, max_length)([prompt], [response])[0]
+    e = Encoder(tokenizer, chat_template, few_shot, max_length)([prompt], [response])[0]
     if e is None:
         raise ValueError("empty response: learnability is undefined")
     ids = torch.tensor([e.ids], device=_device(model))

@@ -11,7 +11,8 @@ Scorers are built from `QualityConfig.kind` through a registry (`register_qualit
 - `reward_model`: the scalar logit of a sequence-classification reward model over the chat-formatted
   (user, assistant) conversation. An empty response scores the lowest reward in the same call (0.0 if every
   response is empty) so it is never preferred; the pipeline also marks empty responses as worst.
-- `field`: values precomputed upstream (e.g. a recorded teacher's `quality` column), returned unchanged.
+
+Kind `field` needs no scorer: the score stage reads a recorded teacher's per-response field from the store.
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ from typing import Any, Protocol
 
 from persyn.config import QualityConfig
 from persyn.errors import ConfigError, InputError
-from persyn.registry import Registry
+from persyn.plugins import Registry
 
 
 class QualityScorer(Protocol):
-    def score(self, prompts: list[str], responses: list[str], references: list[str | None],
-              precomputed: list[float | None]) -> list[float]: ...
+    def score(self, prompts: list[str], responses: list[str], references: list[str | None]) -> list[float]: ...
 
 
 QualityFactory = Callable[[QualityConfig], QualityScorer]
@@ -144,8 +144,7 @@ def answers_match(pred: str | None, ref: str | None) -> bool:
 
 
 class MathAnswerScorer:
-    def score(self, prompts: list[str], responses: list[str], references: list[str | None],
-              precomputed: list[float | None]) -> list[float]:
+    def score(self, prompts: list[str], responses: list[str], references: list[str | None]) -> list[float]:
         for i, ref in enumerate(references):
             if ref is None or not str(ref).strip():
                 raise InputError(f"prompt {i + 1} ({_excerpt(prompts[i])!r}) has no reference answer; math_answer "
@@ -212,8 +211,7 @@ class GymScorer:
             return 0.0
         return 1.0 if score is not None and float(score) >= 1.0 - 1e-9 else 0.0
 
-    def score(self, prompts: list[str], responses: list[str], references: list[str | None],
-              precomputed: list[float | None]) -> list[float]:
+    def score(self, prompts: list[str], responses: list[str], references: list[str | None]) -> list[float]:
         out = []
         for i, (resp, ref) in enumerate(zip(responses, references, strict=True)):
             try:
@@ -272,8 +270,7 @@ class RewardModelScorer:
         return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False)
 
-    def score(self, prompts: list[str], responses: list[str], references: list[str | None],
-              precomputed: list[float | None]) -> list[float]:
+    def score(self, prompts: list[str], responses: list[str], references: list[str | None]) -> list[float]:
         import torch
 
         todo = [i for i, r in enumerate(responses) if r.strip()]
@@ -295,23 +292,3 @@ class RewardModelScorer:
 @register_quality("reward_model")
 def _reward_model(cfg: QualityConfig) -> QualityScorer:
     return RewardModelScorer.from_config(cfg)
-
-
-# ---------------------------------------------------------------- field
-
-class FieldScorer:
-    def __init__(self, field: str = "quality") -> None:
-        self.field = field
-
-    def score(self, prompts: list[str], responses: list[str], references: list[str | None],
-              precomputed: list[float | None]) -> list[float]:
-        for i, value in enumerate(precomputed):
-            if value is None:
-                raise InputError(f"prompt {i + 1} ({_excerpt(prompts[i])!r}) has no precomputed quality value",
-                                 field=self.field)
-        return [float(v) for v in precomputed]  # type: ignore[arg-type]
-
-
-@register_quality("field")
-def _field(cfg: QualityConfig) -> QualityScorer:
-    return FieldScorer(cfg.field)

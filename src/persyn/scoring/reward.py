@@ -8,6 +8,8 @@ comparison. In a P x T matrix, NaN means "this teacher gave no response" and sta
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 METHODS = ("minmax", "zscore", "rank", "none")
@@ -95,13 +97,59 @@ def reward_matrix(quality: np.ndarray, learnability: np.ndarray | None, alpha: f
     return out
 
 
-def preference_pairs(rewards_row: np.ndarray, tie_eps: float = 1e-9) -> list[tuple[int, int]]:
-    """(winner, loser) teacher indices over every pair whose rewards differ by more than tie_eps; NaN dropped."""
-    r = np.asarray(rewards_row, dtype=np.float64)
-    pairs: list[tuple[int, int]] = []
-    for i in range(r.shape[0]):
-        for j in range(i + 1, r.shape[0]):
-            if np.isnan(r[i]) or np.isnan(r[j]) or r[i] == r[j] or abs(r[i] - r[j]) <= tie_eps:
-                continue
-            pairs.append((i, j) if r[i] > r[j] else (j, i))
-    return pairs
+def scored_rewards(quality: np.ndarray, learnability: np.ndarray, present: np.ndarray, empty: np.ndarray | None,
+                   alpha: float, method: str = "minmax") -> np.ndarray:
+    """Rewards [P, T] from stored raw scores: a failed generation or a missing score drops out (NaN), an empty
+    response scores the worst, and a component alpha does not use is ignored."""
+    q_in = np.where(present, quality, np.nan) if alpha < 1 else np.where(present, 0.0, np.nan)
+    l_in = np.where(present, learnability, np.nan) if alpha > 0 else None
+    return reward_matrix(q_in, l_in, alpha, method, worst=empty)
+
+
+def _used(values: np.ndarray | None, shape: tuple[int, ...], needed: bool) -> np.ndarray:
+    if not needed:
+        return np.zeros(shape)
+    if values is None:
+        raise ValueError("a component that reward.alpha uses has no values")
+    return np.array(values, dtype=np.float64)
+
+
+def used_components(quality: np.ndarray | None, learnability: np.ndarray | None, shape: tuple[int, ...],
+                    alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(quality, learnability) as Eq. 2 at this alpha reads them: a component it does not use is zeros."""
+    return _used(quality, shape, alpha < 1), _used(learnability, shape, alpha > 0)
+
+
+def reward_rows(Q: np.ndarray, L: np.ndarray, alpha: float, method: str) -> np.ndarray:
+    """Eq. 2 (`combine`) along the last axis of any array at once; NaN entries (in either component) are left out
+    of the normalisation and stay NaN."""
+    bad = np.isnan(Q) | np.isnan(L)
+    out = np.zeros(Q.shape)
+    if alpha < 1:
+        out += (1 - alpha) * _normalise_rows(np.where(bad, np.nan, Q), method)
+    if alpha > 0:
+        out += alpha * _normalise_rows(np.where(bad, np.nan, L), method)
+    return np.where(bad, np.nan, out)
+
+
+def _normalise_rows(V: np.ndarray, method: str) -> np.ndarray:
+    """`normalise` along the last axis, NaN left out (constant: 0.5, or 0 for zscore)."""
+    if method == "none":
+        return V
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanmin(V, -1, keepdims=True), np.nanmax(V, -1, keepdims=True)
+        if method == "minmax":
+            span = hi - lo
+            return np.where(span > 0, (V - lo) / np.where(span > 0, span, 1.0), 0.5)
+        if method == "zscore":
+            std = np.nanstd(V, -1, keepdims=True)
+            flat = (std == 0) | (hi == lo)
+            return np.where(flat, 0.0, (V - np.nanmean(V, -1, keepdims=True)) / np.where(flat, 1.0, std))
+    if method != "rank":
+        raise ValueError(f"unknown normalisation {method!r}")
+    less = (V[..., None, :] < V[..., :, None]).sum(-1)
+    equal = (V[..., None, :] == V[..., :, None]).sum(-1)
+    count = np.isfinite(V).sum(-1, keepdims=True)
+    ranks = (less + (equal - 1) / 2.0) / np.maximum(count - 1, 1)
+    return np.where(np.isnan(V), np.nan, np.where(count == 1, 0.5, ranks))

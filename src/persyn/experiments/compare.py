@@ -1,0 +1,160 @@
+"""`persyn compare`: one dataset per selection strategy over the same prompts, one student trained per strategy
+and seed with identical settings, each evaluated on the same benchmarks; then a report.
+
+Resumable at every level: generations and scores live in the store, train_student skips a finished output_dir
+with the same config and dataset, and an evaluation is skipped when its result exists for the same checkpoint
+and benchmark settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from persyn.config import RunConfig, strategy_base
+from persyn.errors import ConfigError
+from persyn.experiments.selection import select_and_build, strategy_dirname
+from persyn.experiments.strategies import make_strategy
+from persyn.files import write_atomic
+from persyn.models import resolve
+from persyn.pipeline import STAGES, run_stages
+from persyn.run import opened_run
+from persyn.stages.load import load_stage
+
+log = logging.getLogger(__name__)
+
+
+def compare_dir(cfg: RunConfig) -> Path:
+    return cfg.path / "compare"
+
+
+def select_all(cfg: RunConfig, strategies: list[str]) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Build every strategy's dataset; returns per-strategy summaries and the known rewards of chosen responses."""
+    routed = any(strategy_base(n) == "persyn" for n in strategies)
+    run_stages(cfg, STAGES if routed else ("probe", "score"))
+    with opened_run(cfg) as run:
+        return select_and_build(run, load_stage(run), strategies, compare_dir(cfg))
+
+
+def train_config(cfg: RunConfig, output_dir: Path, seed: int):
+    from persyn.experiments.train import TrainConfig
+
+    t = cfg.train
+    model = t.model or (cfg.student.model if cfg.student else None)
+    if model is None:
+        raise ConfigError("compare needs a model to train: train.model or student.model", key="train.model")
+    settings = t.model_dump(exclude={"model"})
+    if settings["max_length"] is None and cfg.student is not None:
+        settings["max_length"] = cfg.student.max_length  # exactly the tokens learnability scored
+    elif settings["max_length"] is None:
+        del settings["max_length"]  # TrainConfig's default
+    if settings["chat_template"] is None and cfg.student is not None:
+        settings["chat_template"] = cfg.student.chat_template or ("few-shot" if cfg.student.few_shot else None)
+    return TrainConfig(model=model, output_dir=str(output_dir), seed=seed,
+                       trust_remote_code=cfg.student.trust_remote_code if cfg.student else False, **settings)
+
+
+def evaluate_cached(model_dir: Path, benchmarks: list[dict[str, Any]], eval_dir: Path,
+                    identity: str) -> dict[str, Any]:
+    """Each benchmark's metrics; one already evaluated for this checkpoint identity and settings is reused."""
+    from persyn.experiments.eval import evaluate
+
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for spec in benchmarks:
+        label = spec.get("label") or spec["name"]
+        fp = hashlib.sha256(json.dumps([identity, spec], sort_keys=True).encode()).hexdigest()
+        done = eval_dir / f"{label}.done.json"
+        if done.is_file():
+            record = json.loads(done.read_text(encoding="utf-8"))
+            if record.get("fingerprint") == fp:
+                results[label] = record["result"]
+                continue
+        out = evaluate(str(model_dir), [{**spec, "label": label}], output_dir=eval_dir)
+        results[label] = out["results"][label]
+        write_atomic(done, json.dumps({"fingerprint": fp, "result": results[label]}, indent=2))
+    return results
+
+
+def train_and_eval(cfg: RunConfig, strategy: str, seed: int) -> dict[str, Any]:
+    from persyn.experiments.train import train_student
+
+    base = compare_dir(cfg) / strategy_dirname(strategy)
+    model_dir = base / f"seed{seed}" / "model"
+    tcfg = train_config(cfg, model_dir, seed)
+    result = train_student(tcfg, base / "dataset.jsonl")
+    record = json.loads((model_dir / "train_result.json").read_text(encoding="utf-8"))
+    identity = f"{record['config_hash']}:{record['dataset_sha256']}"
+    benchmarks = [b.model_dump(exclude_none=True) for b in cfg.eval.benchmarks]
+    evals = evaluate_cached(model_dir, benchmarks, base / f"seed{seed}" / "eval", identity)
+    return {"seed": seed, "steps": result.steps, "train_loss": result.train_loss,
+            "train_seconds": round(result.seconds, 1), "eval": evals}
+
+
+def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: bool | None = None,
+                base_eval: bool = True) -> dict[str, Any]:
+    """Select, train and evaluate each strategy; writes compare/results.json and compare/report.md."""
+    from persyn.experiments.compare_report import write_report
+
+    names = strategies or cfg.compare.strategies
+    for n in names:
+        make_strategy(n)
+    out = compare_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries, dist = select_all(cfg, names)
+    results: dict[str, Any] = {"teachers": [t.name for t in cfg.teachers], "alpha": cfg.reward.alpha,
+                               "prompts": next(iter(summaries.values()))["rows"] if summaries else 0,
+                               "train": cfg.train.model_dump(), "benchmarks": [], "strategies": {},
+                               "rewards": dist, "base": None}
+    results["benchmarks"] = [b.label or b.name for b in cfg.eval.benchmarks]
+    do_train = cfg.compare.train if train is None else train
+    if do_train and cfg.student is not None and cfg.train.max_length not in (None, cfg.student.max_length):
+        log.warning("train.max_length %d is not student.max_length %d: learnability scored other tokens than "
+                    "training sees", cfg.train.max_length, cfg.student.max_length)
+    seeds_for = cfg.compare.seeds_for
+    for name in names:
+        results["strategies"][name] = {**summaries[name], "runs": []}
+    _write(out / "results.json", results)
+    # Seed-major, so an interrupted run has every strategy's first seed before any second one.
+    for i, seed in enumerate(cfg.compare.seeds if do_train else []):
+        for name in names:
+            if i > 0 and seeds_for is not None and name not in seeds_for:
+                continue
+            results["strategies"][name]["runs"].append(train_and_eval(cfg, name, seed))
+            _write(out / "results.json", results)
+    if do_train and base_eval and cfg.eval.benchmarks:
+        tcfg = train_config(cfg, out / "base", 0)
+        benchmarks = [b.model_dump(exclude_none=True) for b in cfg.eval.benchmarks]
+        results["base"] = {"model": tcfg.model,
+                           "eval": evaluate_cached(Path(resolve(tcfg.model)), benchmarks, out / "base" / "eval",
+                                                   f"base:{tcfg.model}")}
+    results["statistics"] = compare_statistics(cfg, results)
+    _write(out / "results.json", results)
+    write_report(results, out)
+    return results
+
+
+def compare_statistics(cfg: RunConfig, results: dict[str, Any]) -> dict[str, Any]:
+    """persyn.experiments.significance over every benchmark with per-item records: each strategy's interval and
+    the paired differences against strong and the best single teacher."""
+    from persyn.experiments.significance import benchmark_statistics
+
+    out = compare_dir(cfg)
+    stats = {}
+    for spec in cfg.eval.benchmarks:
+        label = spec.label or spec.name
+        files = {name: {run["seed"]: out / strategy_dirname(name) / f"seed{run['seed']}" / "eval"
+                        / f"{label}.records.jsonl" for run in entry["runs"]}
+                 for name, entry in results["strategies"].items()}
+        if results.get("base"):
+            files["base"] = {0: out / "base" / "eval" / f"{label}.records.jsonl"}
+        if (computed := benchmark_statistics(files, spec.name, seed=cfg.compare.seed)) is not None:
+            stats[label] = computed
+    return stats
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,1 @@
+"""Work done elsewhere: the HTTP layer, OpenAI-compatible teachers, the Batch API and Ray actors."""
