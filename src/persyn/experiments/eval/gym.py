@@ -95,11 +95,13 @@ def eval_gym(model_spec: str, items: str, *, n: int | None = None, template: str
     excluded = overlapping(rows, training_texts(exclude_prompts_path, exclude_field)) if exclude_prompts_path else []
     skip = {it["index"] for it in excluded}
     rows = [it for it in rows if it["index"] not in skip][:n]
-    set_seed(seed)
-    model, tokenizer = load_generator(model_spec, trust_remote_code=trust_remote_code)
-    formatted = [format_for_student(tokenizer, it["prompt"], chat_template) for it in rows]
-    predictions, few_shot = generate_answers(model, tokenizer, formatted, max_new_tokens=max_new_tokens,
-                                             batch_size=batch_size)
+    predictions, few_shot = [], False
+    if rows:  # every item excluded: nothing to answer, no model to load
+        set_seed(seed)
+        model, tokenizer = load_generator(model_spec, trust_remote_code=trust_remote_code)
+        formatted = [format_for_student(tokenizer, it["prompt"], chat_template) for it in rows]
+        predictions, few_shot = generate_answers(model, tokenizer, formatted, max_new_tokens=max_new_tokens,
+                                                 batch_size=batch_size)
     scorer = GymScorer()
     records = []
     for it, prediction in zip(rows, predictions, strict=True):
