@@ -56,6 +56,25 @@ def build_tiny_lm(out: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2
     return out
 
 
+# Prompts and responses for scoring tests: short and long, one truncated at max_length=160, one empty.
+PROMPTS = [
+    "What is 12 times 7?",
+    "Write a short poem about the sea.",
+    "Explain why the sky is blue in one sentence.",
+    "Natalia sold clips to 48 of her friends in April. " * 3,
+    "How many clips did Natalia sell?",
+    "Say nothing.",
+]
+RESPONSES = [
+    "12 * 7 = 84. #### 84",
+    "The sea is wide and blue and deep. " * 12,  # long: truncated at max_length=160
+    "Light scatters off the air.",
+    "She sold 72.",
+    "x",
+    "",  # empty: no value
+]
+
+
 TOPICS = {
     "math": "Compute {a} plus {b} and explain the steps.",
     "poem": "Write a short poem about the {a} rivers of {b}.",

@@ -138,6 +138,17 @@ def test_the_readme_code_layout_table_matches_the_tree():
     assert readme_layout_names() == tree
 
 
+def test_no_test_module_imports_another():
+    """What tests share lives in tests/helpers.py; a test module or conftest is never imported by another test."""
+    found = []
+    for path in sorted((SRC.parents[1] / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}: {n}" for n in names if n.startswith("test_") or n == "conftest"]
+    assert not found
+
+
 def _dotted(node: ast.AST) -> str:
     if isinstance(node, ast.Attribute):
         return f"{_dotted(node.value)}.{node.attr}"

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import build_tokenizer
-from test_scoring import PROMPTS, RESPONSES
+from helpers import PROMPTS, RESPONSES, build_tokenizer
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,

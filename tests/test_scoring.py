@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import torch
-from helpers import build_tokenizer
+from helpers import PROMPTS, RESPONSES, build_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 from persyn.config import QualityConfig
@@ -21,23 +21,6 @@ from persyn.scoring.quality import (
     make_quality_scorer,
     reference_answer,
 )
-
-PROMPTS = [
-    "What is 12 times 7?",
-    "Write a short poem about the sea.",
-    "Explain why the sky is blue in one sentence.",
-    "Natalia sold clips to 48 of her friends in April. " * 3,
-    "How many clips did Natalia sell?",
-    "Say nothing.",
-]
-RESPONSES = [
-    "12 * 7 = 84. #### 84",
-    "The sea is wide and blue and deep. " * 12,  # long: truncated at max_length=160
-    "Light scatters off the air.",
-    "She sold 72.",
-    "x",
-    "",  # empty: no value
-]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ it is asked for by name. Training keeps float32 master weights and runs bfloat16
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from persyn.errors import ConfigError
 
@@ -34,6 +34,18 @@ def gpu_has_bf16(device: str) -> bool:
     import torch
 
     return bool(torch.cuda.is_bf16_supported())
+
+
+def is_gpu(device: Any) -> bool:
+    """Whether a device (a name or a torch.device) is a CUDA GPU: kernels with a GPU-only fast path ask here."""
+    return str(getattr(device, "type", device)).startswith("cuda")
+
+
+def is_half(dtype: torch.dtype) -> bool:
+    """Whether a torch dtype is 16-bit floating point (the precisions GPU-only attention kernels take)."""
+    import torch
+
+    return dtype in (torch.float16, torch.bfloat16)
 
 
 def resolve_dtype(spec: str | None, device: str, *, warn: bool = True) -> torch.dtype:
@@ -80,14 +92,3 @@ def empty_gpu_cache() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
-
-def on_gpu(device: torch.device | str) -> bool:
-    """Whether a tensor's or model's device is a CUDA GPU (where packed scoring pays)."""
-    return str(device).split(":")[0] == "cuda"
-
-
-def half_precision(dtype: torch.dtype) -> bool:
-    """float16 or bfloat16: the dtypes flash-style varlen attention kernels take."""
-    import torch
-
-    return dtype in (torch.float16, torch.bfloat16)

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from persyn.chat import format_prompt, format_response, uses_few_shot
-from persyn.models.device import on_gpu
+from persyn.models.device import is_gpu
 from persyn.scoring import packed
 
 # Families whose causal-LM head is `lm_head(model(...).last_hidden_state)`, optionally with Gemma's final
@@ -293,7 +293,7 @@ def _use_packing(pack: bool | str, model: Any, device: torch.device) -> bool:
         raise ValueError(f"pack must be true, false or auto, not {pack!r}")
     if pack is False or _head_parts(model) is None or not packed.packable(model):
         return False
-    return pack is True or on_gpu(device)
+    return pack is True or is_gpu(device)
 
 
 def learnability_scores(model: Any, tokenizer: Any, prompts: list[str], responses: list[str], *,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from persyn.models.device import half_precision
+from persyn.models.device import is_gpu, is_half
 
 ATTENTION = "persyn_packed"
 _FLASH = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
@@ -48,7 +48,7 @@ def packed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     if cu_seq_lens_q is None or attention_mask is not None or softcap is not None or query.shape[0] != 1:
         raise ValueError("persyn_packed attention takes one packed row, its cu_seq_lens_q, no mask and no softcap")
     gqa = query.shape[1] != key.shape[1]
-    if query.is_cuda and half_precision(query.dtype) and varlen_attn is not None:
+    if is_gpu(query.device) and is_half(query.dtype) and varlen_attn is not None:
         window = (sliding_window - 1 if sliding_window else -1, 0)  # (-1, 0): plain causal
         out = varlen_attn(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), cu_seq_lens_q,
                      cu_seq_lens_q, max_length_q, max_length_q, scale=scaling, window_size=window, enable_gqa=gqa)
