@@ -2,6 +2,7 @@
 
     python docs/evidence/tables.py pilot [RUN_DIR]   # teacher x task accuracy of the pilot (docs/evidence/pilot.yaml)
     python docs/evidence/tables.py dump RUN_DIR OUT  # a scored pool as recorded teachers (one JSONL per teacher)
+    python docs/evidence/tables.py scores POOL OUT   # that pool as one scores file for docs/routing/candidate_rule.py
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ def _rows(run_dir: Path):
 def pilot(run_dir: Path = Path("runs/evidence/pilot")) -> dict:
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     tokens: dict[str, list[int]] = defaultdict(list)
+    learn: dict[str, list[float]] = defaultdict(list)
     per_prompt: dict[str, dict[str, float]] = defaultdict(dict)
     task_of: dict[str, str] = {}
-    for teacher, pid, _, ref, _, ntok, quality, _ in _rows(run_dir):
+    for teacher, pid, _, ref, _, ntok, quality, lrn in _rows(run_dir):
         if quality is None:
             continue
+        if lrn is not None:
+            learn[teacher].append(lrn)
         task = json.loads(ref)["task"]
         task_of[pid] = task
         acc[task][teacher].append(quality)
@@ -53,6 +57,9 @@ def pilot(run_dir: Path = Path("runs/evidence/pilot")) -> dict:
     print("| overall | " + " | ".join(f"{overall[t]:.2f}" for t in teachers) + " | | |")
     print("| mean completion tokens | " + " | ".join(f"{sum(tokens[t]) / len(tokens[t]):.0f}" for t in teachers)
           + " | | |")
+    if learn:
+        print("| mean learnability (nats/token) | " + " | ".join(
+            f"{sum(learn[t]) / len(learn[t]):.2f}" if learn[t] else "-" for t in teachers) + " | | |")
     return table
 
 
@@ -70,6 +77,20 @@ def dump(run_dir: Path, out: Path) -> None:
         print(f"{out / teacher}.jsonl: {len(rows)} rows")
 
 
+def scores(pool: Path, out: Path) -> None:
+    """The recorded pool as one scores file (teacher, prompt_id, instruction, quality, learnability), the input of
+    docs/routing/candidate_rule.py."""
+    lines = []
+    for path in sorted(pool.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            lines.append(json.dumps({"teacher": path.stem, "prompt_id": row["id"], "instruction": row["instruction"],
+                                     "quality": row["quality"], "learnability": row["learnability"]},
+                                    ensure_ascii=False) + "\n")
+    out.write_text("".join(lines), encoding="utf-8")
+    print(f"{out}: {len(lines)} responses")
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], [Path(a) for a in sys.argv[2:]]
-    {"pilot": pilot, "dump": dump}[cmd](*args)
+    {"pilot": pilot, "dump": dump, "scores": scores}[cmd](*args)

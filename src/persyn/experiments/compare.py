@@ -97,8 +97,6 @@ def train_and_eval(cfg: RunConfig, strategy: str, seed: int) -> dict[str, Any]:
 def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: bool | None = None,
                 base_eval: bool = True) -> dict[str, Any]:
     """Select, train and evaluate each strategy; writes compare/results.json and compare/report.md."""
-    from persyn.experiments.compare_report import write_report
-
     names = strategies or cfg.compare.strategies
     for n in names:
         make_strategy(n)
@@ -118,23 +116,31 @@ def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: b
     for name in names:
         results["strategies"][name] = {**summaries[name], "runs": []}
     _write(out / "results.json", results)
-    # Seed-major, so an interrupted run has every strategy's first seed before any second one.
-    for i, seed in enumerate(cfg.compare.seeds if do_train else []):
-        for name in names:
-            if i > 0 and seeds_for is not None and name not in seeds_for:
-                continue
-            results["strategies"][name]["runs"].append(train_and_eval(cfg, name, seed))
-            _write(out / "results.json", results)
+    # The base student first: every later student is read against it.
     if do_train and base_eval and cfg.eval.benchmarks:
         tcfg = train_config(cfg, out / "base", 0)
         benchmarks = [b.model_dump(exclude_none=True) for b in cfg.eval.benchmarks]
         results["base"] = {"model": tcfg.model,
                            "eval": evaluate_cached(Path(resolve(tcfg.model)), benchmarks, out / "base" / "eval",
                                                    f"base:{tcfg.model}")}
+        _write(out / "results.json", results)
+    # Seed-major, so an interrupted run has every strategy's first seed before any second one.
+    for i, seed in enumerate(cfg.compare.seeds if do_train else []):
+        for name in names:
+            if i > 0 and seeds_for is not None and name not in seeds_for:
+                continue
+            results["strategies"][name]["runs"].append(train_and_eval(cfg, name, seed))
+            _finish(cfg, results, out)  # a table after every student: a long run stopped midway has one
+    _finish(cfg, results, out)
+    return results
+
+
+def _finish(cfg: RunConfig, results: dict[str, Any], out: Path) -> None:
+    from persyn.experiments.compare_report import write_report
+
     results["statistics"] = compare_statistics(cfg, results)
     _write(out / "results.json", results)
     write_report(results, out)
-    return results
 
 
 def compare_statistics(cfg: RunConfig, results: dict[str, Any]) -> dict[str, Any]:

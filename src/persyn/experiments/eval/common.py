@@ -67,9 +67,10 @@ def write_outputs(result: dict[str, Any], output_path: str | Path | None) -> dic
     return result
 
 
-def load_generator(model_spec: str, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """(model, tokenizer) on persyn.models' device and dtype, the tokenizer left-padding. Not kept in
-    load_causal_lm's cache: each evaluated checkpoint is loaded once and dropped."""
+def load_generator(model_spec: str, *, trust_remote_code: bool = False, dtype: str = "auto") -> tuple[Any, Any]:
+    """(model, tokenizer) on persyn.models' device, in `dtype` (auto: bfloat16 on a GPU that has it, else float32),
+    the tokenizer left-padding. Not kept in load_causal_lm's cache: each evaluated checkpoint is loaded once and
+    dropped."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = resolve(model_spec, trust_remote_code=trust_remote_code)
@@ -78,7 +79,7 @@ def load_generator(model_spec: str, *, trust_remote_code: bool = False) -> tuple
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype("auto", device),
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, device),
                                                  trust_remote_code=trust_remote_code, use_safetensors=True)
     model.to(device).eval()
     return model, tokenizer

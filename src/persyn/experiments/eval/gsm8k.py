@@ -87,7 +87,7 @@ def gsm8k_prompt(tokenizer: Any, question: str, exemplars: list[tuple[str, str]]
 
 def eval_gsm8k(model_spec: str, test_path: str | Path, *, n: int | None = None, shots: int = 0,
                shots_path: str | Path | None = None, max_new_tokens: int = 256, batch_size: int = 8,
-               seed: int = 0, chat_template: str | None = None, trust_remote_code: bool = False,
+               seed: int = 0, chat_template: str | None = None, trust_remote_code: bool = False, dtype: str = "auto",
                output_path: str | Path | None = None) -> dict[str, Any]:
     """Exact numeric match of the final answer on the first `n` test rows (all rows when n is None).
 
@@ -102,7 +102,7 @@ def eval_gsm8k(model_spec: str, test_path: str | Path, *, n: int | None = None, 
     rows = read_jsonl(Path(test_path), ("question", "answer"))[:n]
     exemplars = gsm8k_shots(shots, shots_path)
     set_seed(seed)
-    model, tokenizer = load_generator(model_spec, trust_remote_code=trust_remote_code)
+    model, tokenizer = load_generator(model_spec, trust_remote_code=trust_remote_code, dtype=dtype)
     formatted = [gsm8k_prompt(tokenizer, r["question"], exemplars, chat_template) for r in rows]
     predictions, few_shot = generate_answers(model, tokenizer, formatted, max_new_tokens=max_new_tokens,
                                              batch_size=batch_size)
@@ -121,4 +121,4 @@ def eval_gsm8k(model_spec: str, test_path: str | Path, *, n: int | None = None, 
 
 BENCHMARK = Benchmark("gsm8k", eval_gsm8k, required=("test_path",),
                       optional=("n", "shots", "shots_path", "max_new_tokens", "batch_size", "seed", "chat_template",
-                                "trust_remote_code"))
+                                "trust_remote_code", "dtype"))

@@ -80,7 +80,8 @@ def per_task(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def eval_gym(model_spec: str, items: str, *, n: int | None = None, template: str | None = None,
              exclude_prompts_path: str | Path | None = None, exclude_field: str = "prompt",
              max_new_tokens: int = 256, batch_size: int = 8, seed: int = 0, chat_template: str | None = None,
-             trust_remote_code: bool = False, output_path: str | Path | None = None) -> dict[str, Any]:
+             trust_remote_code: bool = False, dtype: str = "auto",
+             output_path: str | Path | None = None) -> dict[str, Any]:
     """Accuracy by each task's verifier on `items` (a gym: spec), overall and per task.
 
     `n`: the first n items (after exclusion). `exclude_prompts_path`: a training prompt set; items whose question
@@ -98,7 +99,7 @@ def eval_gym(model_spec: str, items: str, *, n: int | None = None, template: str
     predictions, few_shot = [], False
     if rows:  # every item excluded: nothing to answer, no model to load
         set_seed(seed)
-        model, tokenizer = load_generator(model_spec, trust_remote_code=trust_remote_code)
+        model, tokenizer = load_generator(model_spec, trust_remote_code=trust_remote_code, dtype=dtype)
         formatted = [format_for_student(tokenizer, it["prompt"], chat_template) for it in rows]
         predictions, few_shot = generate_answers(model, tokenizer, formatted, max_new_tokens=max_new_tokens,
                                                  batch_size=batch_size)
@@ -119,4 +120,4 @@ def eval_gym(model_spec: str, items: str, *, n: int | None = None, template: str
 
 BENCHMARK = Benchmark("gym", eval_gym, required=("items",),
                       optional=("n", "template", "exclude_prompts_path", "exclude_field", "max_new_tokens",
-                                "batch_size", "seed", "chat_template", "trust_remote_code"))
+                                "batch_size", "seed", "chat_template", "trust_remote_code", "dtype"))

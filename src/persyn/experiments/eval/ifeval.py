@@ -110,7 +110,8 @@ def ifeval_metrics(scored: list[dict[str, Any]]) -> dict[str, float]:
 
 def eval_ifeval(model_spec: str, prompts_path: str | Path = IFEVAL_HF, *, n: int | None = None,
                 max_new_tokens: int = 1280, batch_size: int = 8, seed: int = 0, chat_template: str | None = None,
-                trust_remote_code: bool = False, output_path: str | Path | None = None) -> dict[str, Any]:
+                trust_remote_code: bool = False, dtype: str = "auto",
+                output_path: str | Path | None = None) -> dict[str, Any]:
     """IFEval on the first `n` prompts (all when None); max_new_tokens matches lm-evaluation-harness's 1280."""
     from transformers import set_seed
 
@@ -119,7 +120,7 @@ def eval_ifeval(model_spec: str, prompts_path: str | Path = IFEVAL_HF, *, n: int
     rows = load_ifeval_rows(prompts_path, n)
     splitter = ensure_punkt()
     set_seed(seed)
-    model, tokenizer = load_generator(model_spec, trust_remote_code=trust_remote_code)
+    model, tokenizer = load_generator(model_spec, trust_remote_code=trust_remote_code, dtype=dtype)
     formatted = [format_for_student(tokenizer, r["prompt"], chat_template) for r in rows]
     responses, few_shot = generate_answers(model, tokenizer, formatted, max_new_tokens=max_new_tokens,
                                            batch_size=batch_size)
@@ -135,4 +136,4 @@ def eval_ifeval(model_spec: str, prompts_path: str | Path = IFEVAL_HF, *, n: int
 
 BENCHMARK = Benchmark("ifeval", eval_ifeval, required=(),
                       optional=("prompts_path", "n", "max_new_tokens", "batch_size", "seed", "chat_template",
-                                "trust_remote_code"))
+                                "trust_remote_code", "dtype"))
