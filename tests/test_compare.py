@@ -25,6 +25,7 @@ def tiny_example(tmp_path, shared_data, tiny_lm_dir) -> Path:
     data["router"] = {"backbone": str(tiny_lm_dir), "pooling": "last", "bt": {"epochs": 10}}
     data["train"] = {"max_steps": 2, "batch_size": 2, "max_length": 128}
     data["compare"]["strategies"].append("teacher:gemma-2b-it")
+    data["compare"]["pairs"] = [["oracle", "random"]]
     data["eval"]["benchmarks"].append({"name": "gym", "items": "gym:basic_arithmetic+chain_sum:6:9"})
     for bench in data["eval"]["benchmarks"]:
         bench.update(n=2, max_new_tokens=8)
@@ -75,7 +76,8 @@ def test_tiny_compare_trains_evaluates_reports_and_resumes(tmp_path, shared_data
     assert gym["references"] == {"strong": "strong", "best single teacher": "teacher:gemma-2b-it"}
     pairs = {(d["strategy"], d["against"]) for d in gym["differences"]}
     assert ("persyn", "strong") in pairs and ("persyn", "best single teacher") in pairs
-    assert ("strong", "strong") not in pairs and len(pairs) == 2 * len(strategies) - 2
+    assert ("oracle", "random") in pairs  # compare.pairs: a difference asked for by name
+    assert ("strong", "strong") not in pairs and len(pairs) == 2 * len(strategies) - 2 + 1
     for d in gym["differences"]:
         assert d["lo"] <= d["diff"] <= d["hi"] and d["mde"] >= 0
         two = {"persyn", "strong"}  # trained with seeds 0 and 1, the others with 0: paired only within a group

@@ -158,3 +158,13 @@ def test_gym_task_settings_reach_the_task_and_templates_wrap_the_prompt():
         load_prompts(PromptsConfig(path="gym:chain_sum(no_such_setting=1):4:0"))
     with pytest.raises(InputError, match="expected key=value"):
         load_prompts(PromptsConfig(path="gym:chain_sum(max_terms):4:0"))
+
+
+def test_compare_pairs_name_strategies_of_the_run(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run_dir: r\nprompts: {path: p.jsonl}\nteachers: [{name: a, model: m}, {name: b, model: m}]\n"
+                    "student: {model: s}\ncompare: {strategies: [persyn, strong], pairs: [[persyn, oracle]]}\n")
+    with pytest.raises(ConfigError, match="'oracle' is not one of compare.strategies"):
+        load_config(path)
+    path.write_text(path.read_text().replace("[persyn, oracle]", "[persyn, strong]"))
+    assert load_config(path).compare.pairs == [("persyn", "strong")]

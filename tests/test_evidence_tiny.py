@@ -34,7 +34,7 @@ def tiny(tmp_path: Path, name: str, tiny_lm_dir: Path) -> Path:
     data["student"] = {"model": str(tiny_lm_dir), "max_length": 256}
     data["router"] = {"backbone": str(tiny_lm_dir), "pooling": "last"}
     data["compare"]["seeds"] = [0]
-    data["train"] = {"max_steps": 2, "batch_size": 2}
+    data["train"].update(max_steps=2, batch_size=2)  # the recipe itself (LoRA, bf16, grouping), 2 steps
     bench = data["eval"]["benchmarks"][0]
     bench["items"] = bench["items"].replace(":1200:9000", ":8:9000")
     bench.update(max_new_tokens=8, batch_size=8)

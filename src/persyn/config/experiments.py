@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from persyn.config.stages import Strict
 
@@ -76,8 +76,18 @@ class CompareConfig(Strict):
         "Strategies trained with every seed (None: all); the others use seeds[0]."))
     train: bool = Field(default=True, description=(
         "Train and evaluate a student per dataset (false: build the datasets only)."))
+    pairs: list[tuple[str, str]] = Field(default_factory=list, description=(
+        "Further paired differences reported beside those against strong and the best single teacher, each "
+        "[STRATEGY, REFERENCE] (e.g. [oracle, oracle@0.0]: does learnability in the reward help the student?)."))
     router_eval: RouterEvalConfig = Field(default_factory=RouterEvalConfig, description=(
         "`persyn router-eval` settings."))
+
+    @model_validator(mode="after")
+    def _pairs_are_strategies(self) -> CompareConfig:
+        for pair in self.pairs:
+            if unknown := [n for n in pair if n not in self.strategies]:
+                raise ValueError(f"compare.pairs: {unknown[0]!r} is not one of compare.strategies")
+        return self
 
     @field_validator("strategies", "seeds_for")
     @classmethod
@@ -121,6 +131,9 @@ class TrainSettings(Strict):
     lora_r: int = Field(default=16, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(default=32, gt=0, description="LoRA alpha.")
     bf16: bool | None = Field(default=None, description="bf16 mixed precision; None: when CUDA supports it, else fp32.")
+    group_by_length: bool = Field(default=False, description=(
+        "Batch rows of similar length together (transformers' LengthGroupedSampler): less padding, so fewer "
+        "FLOPs per trained token when response lengths differ widely; the order stays seeded."))
     gradient_checkpointing: bool = Field(default=False, description=(
         "Recompute activations in the backward pass to save memory."))
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description=(

@@ -157,7 +157,8 @@ def compare_statistics(cfg: RunConfig, results: dict[str, Any]) -> dict[str, Any
                  for name, entry in results["strategies"].items()}
         if results.get("base"):
             files["base"] = {0: out / "base" / "eval" / f"{label}.records.jsonl"}
-        if (computed := benchmark_statistics(files, spec.name, seed=cfg.compare.seed)) is not None:
+        if (computed := benchmark_statistics(files, spec.name, seed=cfg.compare.seed,
+                                                  pairs=cfg.compare.pairs)) is not None:
             stats[label] = computed
     return stats
 

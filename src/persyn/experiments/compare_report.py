@@ -159,17 +159,25 @@ def write_plots(results: dict[str, Any], out: Path, headline: tuple[str, str] | 
     if headline is not None:
         label, metric = headline
         fig, ax = plt.subplots(figsize=(7, 4))
+        per_prompt = max(1, results.get("prompts") or 1)
+        estimates = ((results.get("statistics") or {}).get(label) or {}).get("strategies", {})
         for name in names:
             e = results["strategies"][name]
-            vals = seed_values(e, label, metric)
-            if not vals:
+            x = e["generations_needed"] / per_prompt
+            if name in estimates:  # the 95% interval over items and seeds
+                st = estimates[name]
+                y, err = st["mean"], [[st["mean"] - st["lo"]], [st["hi"] - st["mean"]]]
+            elif vals := seed_values(e, label, metric):
+                y, err = statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+            else:
                 continue
-            err = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            ax.errorbar(e["generations_needed"], statistics.fmean(vals), yerr=err, fmt="o", capsize=3)
-            ax.annotate(name, (e["generations_needed"], statistics.fmean(vals)), textcoords="offset points",
-                        xytext=(5, 5))
-        ax.set_xlabel("teacher generations needed")
-        ax.set_ylabel(f"{label} {metric}")
+            ax.errorbar(x, y, yerr=err, fmt="o", capsize=3)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        if "base" in estimates:
+            ax.axhline(estimates["base"]["mean"], color="grey", linestyle=":", label="student before SFT")
+            ax.legend(fontsize=7)
+        ax.set_xlabel("teacher generations per prompt")
+        ax.set_ylabel(f"{label} {metric}" + (" (95% CI)" if estimates else ""))
         paths.append(_save(fig, out / "cost_vs_score.png"))
     return paths
 

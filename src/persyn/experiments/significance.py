@@ -51,9 +51,10 @@ def score_matrix(files: dict[int, Path], kind: str, items: list[str] | None) -> 
 
 
 def benchmark_statistics(files: dict[str, dict[int, Path]], kind: str, *, n_boot: int = N_BOOT,
-                         seed: int = 0) -> dict[str, Any] | None:
+                         seed: int = 0, pairs: list[tuple[str, str]] = ()) -> dict[str, Any] | None:
     """Intervals for each strategy (files: strategy -> seed -> records file; the base model as `base`) and paired
-    differences of every strategy against `strong` and the best single teacher. None: no per-item records."""
+    differences of every strategy against `strong` and the best single teacher, and of each of `pairs`
+    (strategy, reference) with both evaluated. None: no per-item records."""
     if kind not in ITEM_SCORE:
         return None
     matrices: dict[str, tuple[list[int], np.ndarray]] = {}
@@ -80,6 +81,11 @@ def benchmark_statistics(files: dict[str, dict[int, Path]], kind: str, *, n_boot
             ref_seeds, ref_m = matrices[ref]
             d = paired_difference(m, ref_m, paired_seeds=seeds == ref_seeds, n_boot=n_boot, seed=seed)
             differences.append({"strategy": name, "against": label, "reference": ref, **d.as_dict()})
+    for name, ref in pairs:
+        if name in matrices and ref in matrices:
+            (seeds, m), (ref_seeds, ref_m) = matrices[name], matrices[ref]
+            d = paired_difference(m, ref_m, paired_seeds=seeds == ref_seeds, n_boot=n_boot, seed=seed)
+            differences.append({"strategy": name, "against": ref, "reference": ref, **d.as_dict()})
     mdes = [d["mde"] for d in differences]
     return {"metric": "accuracy", "items": len(items), "method": METHOD, "n_boot": n_boot, "bootstrap_seed": seed,
             "strategies": estimates, "references": refs, "differences": differences,

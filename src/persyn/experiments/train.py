@@ -154,6 +154,7 @@ def build_trainer(cfg: TrainConfig, dataset_path: Path) -> Any:
         bf16=bf16,
         use_cpu=device == "cpu",
         logging_steps=cfg.logging_steps,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         **_warmup(SFTConfig, cfg.warmup_ratio),
         completion_only_loss=True,
         packing=False,
