@@ -34,6 +34,7 @@ def tiny(tmp_path: Path, name: str, tiny_lm_dir: Path) -> Path:
     data["student"] = {"model": str(tiny_lm_dir), "max_length": 256}
     data["router"] = {"backbone": str(tiny_lm_dir), "pooling": "last"}
     data["compare"]["seeds"] = [0]
+    data["compare"]["train_rows"] = 12
     data["train"].update(max_steps=2, batch_size=2)  # the recipe itself (LoRA, bf16, grouping), 2 steps
     bench = data["eval"]["benchmarks"][0]
     bench["items"] = bench["items"].replace(":1200:9000", ":8:9000")
@@ -80,6 +81,11 @@ def test_tiny_evidence_compare(tmp_path, tiny_lm_dir, capsys):
         assert len(entry["runs"]) == 1 and entry["runs"][0]["steps"] == 2, name
         gym = entry["runs"][0]["eval"]["gym"]
         assert gym["n"] + gym["excluded"] == 8 and gym["n"] > 0
+    # compare.train_rows: every strategy of a seed trains on the same 12 prompts (a filtered one on its first 12).
+    subsets = {name: [r["id"] for r in rows(out / strategy_dirname(name) / "seed0" / "train.jsonl")]
+               for name in strategies}
+    assert subsets["persyn"] == subsets["strong"] == subsets["oracle@0.0"] and len(set(subsets["persyn"])) == 12
+    assert len(subsets["persyn+verified"]) == min(12, strategies["persyn+verified"]["rows"])
     # Verified filtering keeps exactly persyn's rows whose answer the verifier accepted.
     persyn, verified = kept_quality("persyn"), kept_quality("persyn+verified")
     assert len(persyn) == N and verified == [1.0] * persyn.count(1.0)

@@ -76,6 +76,10 @@ class CompareConfig(Strict):
         "Strategies trained with every seed (None: all); the others use seeds[0]."))
     train: bool = Field(default=True, description=(
         "Train and evaluate a student per dataset (false: build the datasets only)."))
+    train_rows: int | None = Field(default=None, gt=0, description=(
+        "Train each student on this many rows of its dataset, the same prompts for every strategy of a seed (an "
+        "order set by the seed and the prompt id); None: the whole dataset. For when SFT on every row costs more "
+        "than the experiment can pay."))
     pairs: list[tuple[str, str]] = Field(default_factory=list, description=(
         "Further paired differences reported beside those against strong and the best single teacher, each "
         "[STRATEGY, REFERENCE] (e.g. [oracle, oracle@0.0]: does learnability in the reward help the student?)."))

@@ -85,13 +85,29 @@ def train_and_eval(cfg: RunConfig, strategy: str, seed: int) -> dict[str, Any]:
     base = compare_dir(cfg) / strategy_dirname(strategy)
     model_dir = base / f"seed{seed}" / "model"
     tcfg = train_config(cfg, model_dir, seed)
-    result = train_student(tcfg, base / "dataset.jsonl")
+    dataset = base / "dataset.jsonl"
+    if cfg.compare.train_rows is not None:
+        dataset = training_subset(dataset, cfg.compare.train_rows, seed, base / f"seed{seed}" / "train.jsonl")
+    result = train_student(tcfg, dataset)
     record = json.loads((model_dir / "train_result.json").read_text(encoding="utf-8"))
     identity = f"{record['config_hash']}:{record['dataset_sha256']}"
     benchmarks = [b.model_dump(exclude_none=True) for b in cfg.eval.benchmarks]
     evals = evaluate_cached(model_dir, benchmarks, base / f"seed{seed}" / "eval", identity)
     return {"seed": seed, "steps": result.steps, "train_loss": result.train_loss,
             "train_seconds": round(result.seconds, 1), "eval": evals}
+
+
+def training_subset(dataset: Path, n: int, seed: int, out: Path) -> Path:
+    """The first n rows of `dataset` in an order set by the seed and each row's prompt id alone, so every strategy
+    of a seed trains on the same prompts (a filtered dataset: on its first n of that order)."""
+    lines = dataset.read_text(encoding="utf-8").splitlines()
+    rank = [hashlib.sha256(f"{seed}:{json.loads(line)['id']}".encode()).hexdigest() for line in lines]
+    kept = [line for _, line in sorted(zip(rank, lines, strict=True))[:n]]
+    if out.is_file() and out.read_text(encoding="utf-8").splitlines() == kept:
+        return out  # unchanged: keep its mtime
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, "".join(line + "\n" for line in kept))
+    return out
 
 
 def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: bool | None = None,
