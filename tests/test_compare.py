@@ -35,6 +35,7 @@ def tiny_example(tmp_path, shared_data, tiny_lm_dir) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_tiny_compare_trains_evaluates_reports_and_resumes(tmp_path, shared_data, tiny_lm_dir, capsys):
     config = tiny_example(tmp_path, shared_data, tiny_lm_dir)
     main(["compare", str(config)])

@@ -127,6 +127,7 @@ KILL_CHAIN = [
 ]
 
 
+@pytest.mark.slow
 def test_sigkill_at_every_stage_then_resume_equals_uninterrupted_run(tmp_path, tiny_lm_dir, tiny_lm_dir_b,
                                                                       baseline):
     config = write_config(tmp_path, "run", tiny_lm_dir, tiny_lm_dir_b)
@@ -153,6 +154,7 @@ def test_sigkill_at_every_stage_then_resume_equals_uninterrupted_run(tmp_path, t
     assert "0 by this run" in again.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, tiny_lm_dir, tiny_lm_dir_b, baseline):
     config = write_config(tmp_path, "run", tiny_lm_dir, tiny_lm_dir_b)
     run_dir, log = tmp_path / "run", tmp_path / "calls.log"

@@ -56,6 +56,7 @@ def test_bad_ray_settings_name_the_key(tmp_path, tiny_lm_dir):
         RayExecutor(cfg)
 
 
+@pytest.mark.slow
 def test_ray_run_equals_local_run(tmp_path, tiny_lm_dir, tiny_lm_dir_b):
     if ray.is_initialized():
         pytest.skip("a Ray is already running in this process")
@@ -105,6 +106,7 @@ def test_replicas_that_cannot_start_are_a_config_error(tmp_path, tiny_lm_dir, ca
     assert ray.is_initialized()
 
 
+@pytest.mark.slow
 def test_full_cluster_releases_idle_replicas_of_other_models(tmp_path, tiny_lm_dir, tiny_lm_dir_b, callers_ray):
     """On 1 CPU, teacher b's replica only starts once teacher a's idle one is killed; close() frees the CPU."""
     cfg = tiny_config(tmp_path, "run", [tiny_lm_dir, tiny_lm_dir_b], tiny_lm_dir, executor="ray",
@@ -127,6 +129,7 @@ def test_full_cluster_releases_idle_replicas_of_other_models(tmp_path, tiny_lm_d
     assert ray.available_resources().get("CPU", 0) == 1
 
 
+@pytest.mark.slow
 def test_ray_learnability_that_fails_is_reported_at_its_own_index(tmp_path, tiny_lm_dir, callers_ray):
     """Two student replicas score two halves; the one request that fails is reported at its index in the whole,
     so the pipeline leaves exactly it pending."""

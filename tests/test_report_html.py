@@ -101,6 +101,7 @@ def test_run_writes_a_self_contained_report(run):
     assert parsed.images and all(src.startswith("data:image/png;base64,") for src in parsed.images)
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium(run):
     config, run_dir = run
     (run_dir / "report.html").unlink()

@@ -149,6 +149,7 @@ def encoded(log: Path) -> list[tuple[str, str]]:
 
 
 # train-router embeds the 10 probe prompts in chunks 1-3; route embeds the other 30 in chunks 4-11.
+@pytest.mark.slow
 @pytest.mark.parametrize(("point", "stage"), [("embed:2", "train-router"), ("embed:7", "route")])
 def test_a_kill_while_embedding_loses_at_most_one_chunk(tmp_path, tiny_lm_dir, point, stage):
     """SIGKILL on entering an embedding chunk (for route: chunk 4 of its 8, half way), then a resume: every chunk
