@@ -33,6 +33,7 @@ START_TIMEOUT_S = 900
 
 pytestmark = [
     pytest.mark.vllm,
+    pytest.mark.slow,  # a real server starts in minutes
     pytest.mark.timeout(2 * START_TIMEOUT_S),  # a test that starts the server may wait that long for it
     pytest.mark.skipif(not (VENV / ".installed").exists(),
                        reason=f"no vLLM virtualenv at {VENV}: `make vllm` builds one (.ci/run does)"),
