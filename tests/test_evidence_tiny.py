@@ -86,6 +86,9 @@ def test_tiny_evidence_compare(tmp_path, tiny_lm_dir, capsys):
                for name in strategies}
     assert subsets["persyn"] == subsets["strong"] == subsets["oracle@0.0"] and len(set(subsets["persyn"])) == 12
     assert len(subsets["persyn+verified"]) == min(12, strategies["persyn+verified"]["rows"])
+    # ...drawn apart from the probe: persyn trains on routed rows too, not only on its Generate-then-Select probe
+    sources = {r["source"] for r in rows(out / "persyn" / "seed0" / "train.jsonl")}
+    assert sources == {"probe", "routed"}
     # Verified filtering keeps exactly persyn's rows whose answer the verifier accepted.
     persyn, verified = kept_quality("persyn"), kept_quality("persyn+verified")
     assert len(persyn) == N and verified == [1.0] * persyn.count(1.0)

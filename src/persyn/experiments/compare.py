@@ -99,9 +99,11 @@ def train_and_eval(cfg: RunConfig, strategy: str, seed: int) -> dict[str, Any]:
 
 def training_subset(dataset: Path, n: int, seed: int, out: Path) -> Path:
     """The first n rows of `dataset` in an order set by the seed and each row's prompt id alone, so every strategy
-    of a seed trains on the same prompts (a filtered dataset: on its first n of that order)."""
+    of a seed trains on the same prompts (a filtered dataset: on its first n of that order), drawn independently
+    of the probe."""
     lines = dataset.read_text(encoding="utf-8").splitlines()
-    rank = [hashlib.sha256(f"{seed}:{json.loads(line)['id']}".encode()).hexdigest() for line in lines]
+    # Salted: the probe is drawn by a hash of (seed, id) too, and an unsalted order would pick the probe's prompts.
+    rank = [hashlib.sha256(f"train_rows:{seed}:{json.loads(line)['id']}".encode()).hexdigest() for line in lines]
     kept = [line for _, line in sorted(zip(rank, lines, strict=True))[:n]]
     if out.is_file() and out.read_text(encoding="utf-8").splitlines() == kept:
         return out  # unchanged: keep its mtime
