@@ -73,19 +73,15 @@ def benchmark_statistics(files: dict[str, dict[int, Path]], kind: str, *, n_boot
     estimates = {name: {"seeds_list": seeds, **mean_ci(m, n_boot=n_boot, seed=seed).as_dict()}
                  for name, (seeds, m) in matrices.items()}
     refs = references(estimates)
+    # (strategy, what it is compared against, the reference strategy): every strategy against each reference,
+    # then the named pairs
+    wanted = [(name, label, ref) for label, ref in refs.items() for name in matrices if name not in (ref, "base")]
+    wanted += [(name, ref, ref) for name, ref in pairs if name in matrices and ref in matrices]
     differences = []
-    for label, ref in refs.items():
-        for name, (seeds, m) in matrices.items():
-            if name in (ref, "base"):
-                continue
-            ref_seeds, ref_m = matrices[ref]
-            d = paired_difference(m, ref_m, paired_seeds=seeds == ref_seeds, n_boot=n_boot, seed=seed)
-            differences.append({"strategy": name, "against": label, "reference": ref, **d.as_dict()})
-    for name, ref in pairs:
-        if name in matrices and ref in matrices:
-            (seeds, m), (ref_seeds, ref_m) = matrices[name], matrices[ref]
-            d = paired_difference(m, ref_m, paired_seeds=seeds == ref_seeds, n_boot=n_boot, seed=seed)
-            differences.append({"strategy": name, "against": ref, "reference": ref, **d.as_dict()})
+    for name, against, ref in wanted:
+        (seeds, m), (ref_seeds, ref_m) = matrices[name], matrices[ref]
+        d = paired_difference(m, ref_m, paired_seeds=seeds == ref_seeds, n_boot=n_boot, seed=seed)
+        differences.append({"strategy": name, "against": against, "reference": ref, **d.as_dict()})
     mdes = [d["mde"] for d in differences]
     return {"metric": "accuracy", "items": len(items), "method": METHOD, "n_boot": n_boot, "bootstrap_seed": seed,
             "strategies": estimates, "references": refs, "differences": differences,

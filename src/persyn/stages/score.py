@@ -33,12 +33,18 @@ def score_prompts(run: Run, prompts: list[Prompt], label: str,
         _score_learnability(run, ok, gens, prompt_of, label)
 
 
+def _stored_and_recorded(run: Run, kind: str, scorer_id: str, keys: list[str], gens: dict) -> tuple[dict, dict]:
+    """(the scores already stored, the recorded ones stored now): a recorded teacher's row may carry its score."""
+    have = run.store.scores(kind, scorer_id, keys)
+    pre = {k: v for k in keys if k not in have and (v := getattr(gens[k], f"pre_{kind}")) is not None}
+    if pre:
+        run.store.add_scores(kind, scorer_id, pre)
+    return have, pre
+
+
 def _score_quality(run: Run, keys: list[str], gens: dict, prompt_of: dict[str, Prompt], label: str) -> None:
     scorer_id = run.keys.quality_scorer
-    have = run.store.scores("quality", scorer_id, keys)
-    pre = {k: gens[k].pre_quality for k in keys if k not in have and gens[k].pre_quality is not None}
-    if pre:
-        run.store.add_scores("quality", scorer_id, pre)
+    have, pre = _stored_and_recorded(run, "quality", scorer_id, keys, gens)
     missing = [k for k in keys if k not in have and k not in pre]
     if not missing:
         return
@@ -62,10 +68,7 @@ def _score_quality(run: Run, keys: list[str], gens: dict, prompt_of: dict[str, P
 
 def _score_learnability(run: Run, keys: list[str], gens: dict, prompt_of: dict[str, Prompt], label: str) -> None:
     scorer_id = run.keys.learnability_scorer
-    have = run.store.scores("learnability", scorer_id, keys)
-    pre = {k: gens[k].pre_learnability for k in keys if k not in have and gens[k].pre_learnability is not None}
-    if pre:
-        run.store.add_scores("learnability", scorer_id, pre)
+    have, pre = _stored_and_recorded(run, "learnability", scorer_id, keys, gens)
     # A stored None for a non-empty response is a score that failed (stores before failures were kept pending).
     missing = [k for k in keys if k not in pre
                and (k not in have or (have[k] is None and (gens[k].text or "").strip()))]
