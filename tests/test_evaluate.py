@@ -182,3 +182,14 @@ def test_eval_gym_per_task_per_item_and_training_overlap(tiny_lm_dir, tmp_path):
     # the same training questions given as a prompts source (a gym: spec) overlap as well
     same = eval_gym("no-such-model", GYM, n=3, exclude_prompts_path=GYM)  # nothing left: no model is loaded
     assert same["excluded"] == 12 and same["n"] == 0 and same["accuracy"] == 0.0
+
+
+def test_eval_gym_asks_a_repeated_question_once(tiny_lm_dir):
+    spec = "gym:lcm(max_value=6):20:3"  # a small space: the generator draws 9 of its 20 questions again
+    items = gym_items(spec)
+    firsts = [it for i, it in enumerate(items) if it["id"] not in {x["id"] for x in items[:i]}]
+    assert len(firsts) == 11
+    result = eval_gym(str(tiny_lm_dir), spec, max_new_tokens=2, batch_size=8)
+    assert result["repeated"] == 9 and result["n"] == 11
+    assert [r["id"] for r in result["records"]] == [it["id"] for it in firsts]
+    assert [r["index"] for r in result["records"]] == [it["index"] for it in firsts]

@@ -80,7 +80,7 @@ def test_tiny_evidence_compare(tmp_path, tiny_lm_dir, capsys):
     for name, entry in strategies.items():
         assert len(entry["runs"]) == 1 and entry["runs"][0]["steps"] == 2, name
         gym = entry["runs"][0]["eval"]["gym"]
-        assert gym["n"] + gym["excluded"] == 8 and gym["n"] > 0
+        assert gym["n"] + gym["excluded"] + gym["repeated"] == 8 and gym["n"] > 0
     # compare.train_rows: every strategy of a seed trains on the same 12 prompts (a filtered one on its first 12).
     subsets = {name: [r["id"] for r in rows(out / strategy_dirname(name) / "seed0" / "train.jsonl")]
                for name in strategies}

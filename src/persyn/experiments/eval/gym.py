@@ -60,6 +60,18 @@ def overlapping(items: list[dict[str, Any]], texts: set[str]) -> list[dict[str, 
     return [it for it in items if it["question"] in texts or it["prompt"] in texts]
 
 
+def first_of_each(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The items with each id's first occurrence only, and how many repeats were dropped: a generator can draw
+    the same question twice, and a repeat would count one answer twice and break pairing by id."""
+    seen: set[str] = set()
+    kept = []
+    for it in items:
+        if it["id"] not in seen:
+            seen.add(it["id"])
+            kept.append(it)
+    return kept, len(items) - len(kept)
+
+
 def score_gym(prediction: str, entry: dict[str, Any], scorer: Any = None) -> tuple[str | None, bool]:
     """(the extracted final answer, whether the task's verifier gives it full marks)."""
     from persyn.scoring.quality import GymScorer, gym_final_answer
@@ -85,7 +97,8 @@ def eval_gym(model_spec: str, items: str, *, n: int | None = None, template: str
     """Accuracy by each task's verifier on `items` (a gym: spec), overall and per task.
 
     `n`: the first n items (after exclusion). `exclude_prompts_path`: a training prompt set; items whose question
-    is one of its prompts (bare or wrapped by `template`) are left out and counted (`excluded`)."""
+    is one of its prompts (bare or wrapped by `template`) are left out and counted (`excluded`); a question drawn
+    again is asked once (`repeated`)."""
     from transformers import set_seed
 
     from persyn.scoring.quality import GymScorer
@@ -95,7 +108,8 @@ def eval_gym(model_spec: str, items: str, *, n: int | None = None, template: str
     rows = gym_items(items, template)
     excluded = overlapping(rows, training_texts(exclude_prompts_path, exclude_field)) if exclude_prompts_path else []
     skip = {it["index"] for it in excluded}
-    rows = [it for it in rows if it["index"] not in skip][:n]
+    rows, repeated = first_of_each([it for it in rows if it["index"] not in skip])
+    rows = rows[:n]
     predictions, few_shot = [], False
     if rows:  # every item excluded: nothing to answer, no model to load
         set_seed(seed)
@@ -114,7 +128,7 @@ def eval_gym(model_spec: str, items: str, *, n: int | None = None, template: str
     result = {"benchmark": "gym", "model": model_spec, "items": items, "n": len(records),
               "format": "few-shot" if few_shot else "chat", "template": template, "correct": n_correct,
               "accuracy": n_correct / len(records) if records else 0.0, "per_task": per_task(records),
-              "excluded": len(excluded), "excluded_ids": [it["id"] for it in excluded], "records": records}
+              "excluded": len(excluded), "repeated": repeated, "excluded_ids": [it["id"] for it in excluded], "records": records}
     return write_outputs(result, output_path)
 
 
