@@ -3,6 +3,9 @@
     python docs/evidence/tables.py pilot [RUN_DIR]   # teacher x task accuracy of the pilot (docs/evidence/pilot.yaml)
     python docs/evidence/tables.py dump RUN_DIR OUT  # a scored pool as recorded teachers (one JSONL per teacher)
     python docs/evidence/tables.py scores POOL OUT   # that pool as one scores file for docs/routing/candidate_rule.py
+    python docs/evidence/tables.py students COMPARE_DIR OUT  # every tested student's per-item verdicts, the report
+    python docs/evidence/tables.py students COMPARE_DIR OUT SUFFIX  # another config's students, as NAME-SUFFIX
+    python docs/evidence/tables.py stats OUT         # the statistics and report again from those verdicts: OUT/all/
 """
 
 from __future__ import annotations
@@ -91,6 +94,64 @@ def scores(pool: Path, out: Path) -> None:
     print(f"{out}: {len(lines)} responses")
 
 
+def students(compare_dir: Path, out: Path, suffix: Path | None = None) -> None:
+    """Each tested student's verdicts (id, task, extracted answer, correct) as records/STRATEGY_seedN.jsonl, with
+    compare's results.json, report.md and plots: the student table can be checked without training anyone. With a
+    suffix (another config's students, e.g. the cascade's persyn), STRATEGY-SUFFIX and no results or plots."""
+    import shutil
+
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    found = sorted(compare_dir.glob("*/seed*/eval/gym.records.jsonl")) + [compare_dir / "base/eval/gym.records.jsonl"]
+    for path in found:
+        if not path.is_file():
+            continue
+        name = path.parts[-4] if path.parts[-3].startswith("seed") else "base"
+        seed = path.parts[-3] if name != "base" else "seed0"
+        if suffix is not None:
+            if name == "base":
+                continue
+            name = f"{name}-{suffix}"
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        keep = [{k: r[k] for k in ("id", "task", "extracted", "correct")} for r in rows]
+        (out / "records" / f"{name}_{seed}.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep), encoding="utf-8")
+        print(f"{name} {seed}: {sum(r['correct'] for r in keep)}/{len(keep)}")
+    for name in ("results.json", "report.md", "cost_vs_score.png", "teacher_shares.png") if suffix is None else ():
+        if (compare_dir / name).is_file():
+            shutil.copy(compare_dir / name, out / name)
+    if suffix is not None:
+        shutil.copy(compare_dir / "results.json", out / f"results-{suffix}.json")
+
+
+def stats(out: Path) -> None:
+    """benchmark_statistics over the committed verdicts (compare's bootstrap seed), the other configs' students
+    (results-SUFFIX.json) merged in as STRATEGY-SUFFIX, written by compare's own report writer to OUT/all/."""
+    from persyn.experiments.compare_report import write_report
+    from persyn.experiments.selection import strategy_dirname
+    from persyn.experiments.significance import benchmark_statistics
+
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    for extra in sorted(out.glob("results-*.json")):
+        suffix = extra.stem.removeprefix("results-")
+        other = json.loads(extra.read_text(encoding="utf-8"))
+        for name, entry in other["strategies"].items():
+            results["strategies"][f"{name}-{suffix}"] = entry
+    by_dir = {strategy_dirname(n): n for n in results["strategies"]}
+    files: dict[str, dict[int, Path]] = defaultdict(dict)
+    for path in sorted((out / "records").glob("*_seed*.jsonl")):
+        dirname, seed = path.stem.rsplit("_seed", 1)
+        files[by_dir.get(dirname, dirname)][int(seed)] = path
+    got = benchmark_statistics(dict(files), "gym", pairs=[("oracle", "oracle@0.0")])
+    results["statistics"] = {"gym": got}
+    (out / "all").mkdir(exist_ok=True)
+    write_report(results, out / "all")
+    for name, est in got["strategies"].items():
+        print(f"{name:28s} seeds {len(est['seeds_list'])}  {est['mean']:.3f} [{est['lo']:.3f}, {est['hi']:.3f}]")
+    for d in got["differences"]:
+        print(f"{d['strategy']:28s} - {d['reference']:24s} {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] "
+              f"mde {d['mde']:.3f}")
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], [Path(a) for a in sys.argv[2:]]
-    {"pilot": pilot, "dump": dump, "scores": scores}[cmd](*args)
+    {"pilot": pilot, "dump": dump, "scores": scores, "students": students, "stats": stats}[cmd](*args)
