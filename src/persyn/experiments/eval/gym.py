@@ -128,7 +128,8 @@ def eval_gym(model_spec: str, items: str, *, n: int | None = None, template: str
     result = {"benchmark": "gym", "model": model_spec, "items": items, "n": len(records),
               "format": "few-shot" if few_shot else "chat", "template": template, "correct": n_correct,
               "accuracy": n_correct / len(records) if records else 0.0, "per_task": per_task(records),
-              "excluded": len(excluded), "repeated": repeated, "excluded_ids": [it["id"] for it in excluded], "records": records}
+              "excluded": len(excluded), "repeated": repeated, "excluded_ids": [it["id"] for it in excluded],
+              "records": records}
     return write_outputs(result, output_path)
 
 
