@@ -97,7 +97,10 @@ def test_tiny_compare_trains_evaluates_reports_and_resumes(tmp_path, shared_data
     # Resume: nothing is trained or evaluated again.
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("train_result.json")} | \
              {p: p.stat().st_mtime_ns for p in out.rglob("*.done.json")}
-    assert len(stamps) == 9 + 9 * 3 + 3  # 9 trainings, 3 benchmarks each, and the base model
+    # 8 trainings: car picks strong's teacher, so it trains on strong's rows and is strong's student
+    assert strategies["car"]["teacher_counts"] == strategies["strong"]["teacher_counts"]
+    assert strategies["car"]["runs"][0]["same_student_as"] == "strong"
+    assert len(stamps) == 8 + 9 * 3 + 3  # and 3 benchmarks for each of 9 runs, and the base model
     main(["compare", str(config)])
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     again = json.loads((out / "results.json").read_text())["strategies"]

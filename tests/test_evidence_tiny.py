@@ -100,6 +100,13 @@ def test_tiny_evidence_compare(tmp_path, tiny_lm_dir, capsys):
     assert sum(kept_quality("oracle@1.0")) <= any_right
     for t in results["teachers"]:
         assert strategies[f"teacher:{t}"]["teacher_counts"][t] == N
+    # The single teacher that strong picked trains on strong's very rows: strong's student, not a second one.
+    (picked,) = [t for t, n in strategies["strong"]["teacher_counts"].items() if n]
+    twin_run = strategies[f"teacher:{picked}"]["runs"][0]
+    assert twin_run["same_student_as"] == "strong" and twin_run["train_seconds"] == 0.0
+    assert twin_run["eval"] == strategies["strong"]["runs"][0]["eval"]
+    assert not (out / strategy_dirname(f"teacher:{picked}") / "seed0" / "model").exists()
+    assert all("same_student_as" not in e["runs"][0] for n, e in strategies.items() if n != f"teacher:{picked}")
     stats = results["statistics"]["gym"]
     assert set(stats["strategies"]) == set(strategies) | {"base"}
     assert "### gym" in (out / "report.md").read_text()

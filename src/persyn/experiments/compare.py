@@ -2,8 +2,9 @@
 and seed with identical settings, each evaluated on the same benchmarks; then a report.
 
 Resumable at every level: generations and scores live in the store, train_student skips a finished output_dir
-with the same config and dataset, and an evaluation is skipped when its result exists for the same checkpoint
-and benchmark settings.
+with the same config and dataset, a strategy whose training rows and recipe equal another's of the same seed (a
+single teacher that is also strong's pick) reuses that student, and an evaluation is skipped when its result
+exists for the same checkpoint and benchmark settings.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from persyn.config import RunConfig, strategy_base
 from persyn.errors import ConfigError
 from persyn.experiments.selection import select_and_build, strategy_dirname
 from persyn.experiments.strategies import make_strategy
-from persyn.files import write_atomic
+from persyn.files import sha256_file, write_atomic
 from persyn.models import resolve
 from persyn.pipeline import STAGES, run_stages
 from persyn.run import opened_run
@@ -80,7 +82,7 @@ def evaluate_cached(model_dir: Path, benchmarks: list[dict[str, Any]], eval_dir:
 
 
 def train_and_eval(cfg: RunConfig, strategy: str, seed: int) -> dict[str, Any]:
-    from persyn.experiments.train import train_student
+    from persyn.experiments.train import RESULT_FILE, finished_training, train_student
 
     base = compare_dir(cfg) / strategy_dirname(strategy)
     model_dir = base / f"seed{seed}" / "model"
@@ -88,13 +90,59 @@ def train_and_eval(cfg: RunConfig, strategy: str, seed: int) -> dict[str, Any]:
     dataset = base / "dataset.jsonl"
     if cfg.compare.train_rows is not None:
         dataset = training_subset(dataset, cfg.compare.train_rows, seed, base / f"seed{seed}" / "train.jsonl")
-    result = train_student(tcfg, dataset)
-    record = json.loads((model_dir / "train_result.json").read_text(encoding="utf-8"))
+    twin = None
+    if finished_training(model_dir, tcfg.fingerprint(), sha256_file(dataset)) is None:
+        twin = trained_twin(cfg, strategy, seed, dataset, tcfg.fingerprint())
+    if twin is not None:  # the same rows with the same recipe: the same student, not paid for twice
+        log.info("%s seed %d trains on exactly the rows of %s: reusing that student", strategy, seed,
+                 twin.parents[1].name)
+        model_dir = twin
+        _copy_missing(twin.parent / "eval", base / f"seed{seed}" / "eval")
+    else:
+        train_student(tcfg, dataset)
+    record = json.loads((model_dir / RESULT_FILE).read_text(encoding="utf-8"))
     identity = f"{record['config_hash']}:{record['dataset_sha256']}"
     benchmarks = [b.model_dump(exclude_none=True) for b in cfg.eval.benchmarks]
     evals = evaluate_cached(model_dir, benchmarks, base / f"seed{seed}" / "eval", identity)
-    return {"seed": seed, "steps": result.steps, "train_loss": result.train_loss,
-            "train_seconds": round(result.seconds, 1), "eval": evals}
+    run = {"seed": seed, "steps": record["steps"], "train_loss": record["train_loss"],
+           "train_seconds": 0.0 if twin is not None else round(record["seconds"], 1), "eval": evals}
+    return run | ({"same_student_as": twin.parents[1].name} if twin is not None else {})
+
+
+def training_content(dataset: Path) -> str:
+    """sha256 of what SFT reads from a dataset: each row's messages, in order (not its teacher or source)."""
+    digest = hashlib.sha256()
+    for line in dataset.read_text(encoding="utf-8").splitlines():
+        digest.update(json.dumps(json.loads(line)["messages"], sort_keys=True).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def trained_twin(cfg: RunConfig, strategy: str, seed: int, dataset: Path, fingerprint: str) -> Path | None:
+    """Another strategy's finished student of this seed, trained with this recipe on exactly these messages (a
+    single teacher that is also `strong`'s pick, say), or None."""
+    from persyn.experiments.train import RESULT_FILE, finished_training
+
+    content = None
+    for result in sorted(compare_dir(cfg).glob(f"*/seed{seed}/model/{RESULT_FILE}")):
+        if result.parents[2].name == strategy_dirname(strategy):
+            continue
+        trained_on = Path(json.loads(result.read_text(encoding="utf-8")).get("dataset", ""))
+        if not trained_on.is_file() or finished_training(result.parent, fingerprint,
+                                                         sha256_file(trained_on)) is None:
+            continue
+        content = content or training_content(dataset)
+        if training_content(trained_on) == content:
+            return result.parent
+    return None
+
+
+def _copy_missing(src: Path, dst: Path) -> None:
+    if not src.is_dir():
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in src.iterdir():
+        if path.is_file() and not (dst / path.name).exists():
+            shutil.copy2(path, dst / path.name)
 
 
 def training_subset(dataset: Path, n: int, seed: int, out: Path) -> Path:

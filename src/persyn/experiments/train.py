@@ -196,7 +196,8 @@ def _checkpointing_field(config_cls: type) -> str:
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
-def _finished(out: Path, config_hash: str, dataset_hash: str) -> TrainResult | None:
+def finished_training(out: Path, config_hash: str, dataset_hash: str) -> TrainResult | None:
+    """The result of a finished run in `out` with this config and dataset, else None."""
     try:
         data = json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
@@ -217,7 +218,7 @@ def train_student(cfg: TrainConfig, dataset_path: Path) -> TrainResult:
     if not dataset_path.is_file():
         raise InputError("dataset file not found", file=str(dataset_path))
     config_hash, dataset_hash = cfg.fingerprint(), sha256_file(dataset_path)
-    if (done := _finished(out, config_hash, dataset_hash)) is not None:
+    if (done := finished_training(out, config_hash, dataset_hash)) is not None:
         log.info("reusing finished training in %s", out)
         return done
 
