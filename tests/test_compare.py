@@ -100,6 +100,7 @@ def test_tiny_compare_trains_evaluates_reports_and_resumes(tmp_path, shared_data
     # 8 trainings: car picks strong's teacher, so it trains on strong's rows and is strong's student
     assert strategies["car"]["teacher_counts"] == strategies["strong"]["teacher_counts"]
     assert strategies["car"]["runs"][0]["same_student_as"] == "strong"
+    assert "| car | 0 | 2 |" in report and "(strong's student: the same rows) |" in report
     assert len(stamps) == 8 + 9 * 3 + 3  # and 3 benchmarks for each of 9 runs, and the base model
     main(["compare", str(config)])
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())

@@ -110,8 +110,9 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
     lines += ["", "## Training runs", "", "| strategy | seed | steps | train loss | seconds |", "|---|---|---|---|---|"]
     for name in names:
         for run in results["strategies"][name]["runs"]:
-            lines.append(f"| {name} | {run['seed']} | {run['steps']} | {run['train_loss']:.4f} | "
-                         f"{run['train_seconds']} |")
+            seconds = f"0 ({twin}'s student: the same rows)" if (twin := run.get("same_student_as")) \
+                else run["train_seconds"]
+            lines.append(f"| {name} | {run['seed']} | {run['steps']} | {run['train_loss']:.4f} | {seconds} |")
     lines += ["", "## Known rewards of the chosen responses", "",
               "Combined rewards exist only where every teacher was scored on a prompt (the probe, or every prompt "
               "once oracle or car ran). PerSyn keeps the best probe response on probe prompts, so on the probe "
