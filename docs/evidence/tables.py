@@ -5,6 +5,7 @@
     python docs/evidence/tables.py scores POOL OUT   # that pool as one scores file for docs/routing/candidate_rule.py
     python docs/evidence/tables.py students COMPARE_DIR OUT  # every tested student's per-item verdicts, the report
     python docs/evidence/tables.py students COMPARE_DIR OUT SUFFIX  # another config's students, as NAME-SUFFIX
+    python docs/evidence/tables.py tasks OUT         # accuracy per task and answer format, from those verdicts
     python docs/evidence/tables.py stats OUT         # the statistics and report again from those verdicts: OUT/all/
 """
 
@@ -112,10 +113,18 @@ def students(compare_dir: Path, out: Path, suffix: Path | None = None) -> None:
                 continue
             name = f"{name}-{suffix}"
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        keep = [{k: r[k] for k in ("id", "task", "extracted", "correct")} for r in rows]
+        keep = [{**{k: r[k] for k in ("id", "task", "extracted", "correct")},
+                 "answer_line": "Answer:" in (r.get("prediction") or "")} for r in rows]
         (out / "records" / f"{name}_{seed}.jsonl").write_text(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep), encoding="utf-8")
         print(f"{name} {seed}: {sum(r['correct'] for r in keep)}/{len(keep)}")
+    names_file = out / "records" / "names.json"  # folder -> strategy name (`oracle@0.0` lives in oracle_0.0/)
+    names = json.loads(names_file.read_text(encoding="utf-8")) if names_file.is_file() else {}
+    for selection in compare_dir.glob("*/selection.json"):
+        folder = selection.parent.name + (f"-{suffix}" if suffix is not None else "")
+        strategy = json.loads(selection.read_text(encoding="utf-8"))["strategy"]
+        names[folder] = strategy + (f"-{suffix}" if suffix is not None else "")
+    names_file.write_text(json.dumps(names, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     for name in ("results.json", "report.md", "cost_vs_score.png", "teacher_shares.png") if suffix is None else ():
         if (compare_dir / name).is_file():
             shutil.copy(compare_dir / name, out / name)
@@ -137,6 +146,7 @@ def stats(out: Path) -> None:
         for name, entry in other["strategies"].items():
             results["strategies"][f"{name}-{suffix}"] = entry
     by_dir = {strategy_dirname(n): n for n in results["strategies"]}
+    by_dir |= json.loads((out / "records" / "names.json").read_text(encoding="utf-8"))
     files: dict[str, dict[int, Path]] = defaultdict(dict)
     for path in sorted((out / "records").glob("*_seed*.jsonl")):
         dirname, seed = path.stem.rsplit("_seed", 1)
@@ -152,6 +162,31 @@ def stats(out: Path) -> None:
               f"mde {d['mde']:.3f}")
 
 
+def tasks(out: Path) -> None:
+    """Accuracy per task (mean over seeds) and the share of answers that end with the requested `Answer:` line,
+    from the committed verdicts."""
+    names = json.loads((out / "records" / "names.json").read_text(encoding="utf-8"))
+    by: dict[str, list[list[dict]]] = defaultdict(list)
+    for path in sorted((out / "records").glob("*_seed*.jsonl")):
+        folder = path.stem.rsplit("_seed", 1)[0]
+        by[names.get(folder, folder)].append(rows_of(path))
+    order = list(dict.fromkeys(r["task"] for r in next(iter(by.values()))[0]))
+    print("| strategy | seeds | " + " | ".join(order) + " | overall | writes the Answer: line |")
+    print("|---|---:|" + "---:|" * (len(order) + 2))
+    for name, seeds in by.items():
+        cells = [sum(sum(r["correct"] for r in rs if r["task"] == t) / sum(r["task"] == t for r in rs)
+                     for rs in seeds) / len(seeds) for t in order]
+        overall = sum(sum(r["correct"] for r in rs) / len(rs) for rs in seeds) / len(seeds)
+        line = sum(sum(r["answer_line"] for r in rs) / len(rs) for rs in seeds) / len(seeds)
+        cells_md = " | ".join(f"{c:.2f}" for c in cells)
+        print(f"| {name} | {len(seeds)} | {cells_md} | {overall:.3f} | {line:.2f} |")
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], [Path(a) for a in sys.argv[2:]]
-    {"pilot": pilot, "dump": dump, "scores": scores, "students": students, "stats": stats}[cmd](*args)
+    {"pilot": pilot, "dump": dump, "scores": scores, "students": students, "stats": stats,
+     "tasks": tasks}[cmd](*args)
