@@ -112,7 +112,7 @@ def students(compare_dir: Path, out: Path, suffix: Path | None = None) -> None:
             if name == "base":
                 continue
             name = f"{name}-{suffix}"
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        rows = rows_of(path)
         keep = [{**{k: r[k] for k in ("id", "task", "extracted", "correct")},
                  "answer_line": "Answer:" in (r.get("prediction") or "")} for r in rows]
         (out / "records" / f"{name}_{seed}.jsonl").write_text(
@@ -136,7 +136,6 @@ def stats(out: Path) -> None:
     """benchmark_statistics over the committed verdicts (compare's bootstrap seed), the other configs' students
     (results-SUFFIX.json) merged in as STRATEGY-SUFFIX, written by compare's own report writer to OUT/all/."""
     from persyn.experiments.compare_report import write_report
-    from persyn.experiments.selection import strategy_dirname
     from persyn.experiments.significance import benchmark_statistics
 
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -145,8 +144,7 @@ def stats(out: Path) -> None:
         other = json.loads(extra.read_text(encoding="utf-8"))
         for name, entry in other["strategies"].items():
             results["strategies"][f"{name}-{suffix}"] = entry
-    by_dir = {strategy_dirname(n): n for n in results["strategies"]}
-    by_dir |= json.loads((out / "records" / "names.json").read_text(encoding="utf-8"))
+    by_dir = json.loads((out / "records" / "names.json").read_text(encoding="utf-8"))
     files: dict[str, dict[int, Path]] = defaultdict(dict)
     for path in sorted((out / "records").glob("*_seed*.jsonl")):
         dirname, seed = path.stem.rsplit("_seed", 1)
@@ -165,6 +163,8 @@ def stats(out: Path) -> None:
 def tasks(out: Path) -> None:
     """Accuracy per task (mean over seeds) and the share of answers that end with the requested `Answer:` line,
     from the committed verdicts."""
+    from persyn.experiments.eval.gym import per_task
+
     names = json.loads((out / "records" / "names.json").read_text(encoding="utf-8"))
     by: dict[str, list[list[dict]]] = defaultdict(list)
     for path in sorted((out / "records").glob("*_seed*.jsonl")):
@@ -174,8 +174,8 @@ def tasks(out: Path) -> None:
     print("| strategy | seeds | " + " | ".join(order) + " | overall | writes the Answer: line |")
     print("|---|---:|" + "---:|" * (len(order) + 2))
     for name, seeds in by.items():
-        cells = [sum(sum(r["correct"] for r in rs if r["task"] == t) / sum(r["task"] == t for r in rs)
-                     for rs in seeds) / len(seeds) for t in order]
+        by_task = [per_task(rs) for rs in seeds]
+        cells = [sum(p[t]["accuracy"] for p in by_task) / len(seeds) for t in order]
         overall = sum(sum(r["correct"] for r in rs) / len(rs) for rs in seeds) / len(seeds)
         line = sum(sum(r["answer_line"] for r in rs) / len(rs) for rs in seeds) / len(seeds)
         cells_md = " | ".join(f"{c:.2f}" for c in cells)

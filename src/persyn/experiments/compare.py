@@ -90,9 +90,9 @@ def train_and_eval(cfg: RunConfig, strategy: str, seed: int) -> dict[str, Any]:
     dataset = base / "dataset.jsonl"
     if cfg.compare.train_rows is not None:
         dataset = training_subset(dataset, cfg.compare.train_rows, seed, base / f"seed{seed}" / "train.jsonl")
-    twin = None
-    if finished_training(model_dir, tcfg.fingerprint(), sha256_file(dataset)) is None:
-        twin = trained_twin(cfg, strategy, seed, dataset, tcfg.fingerprint())
+    fingerprint, twin = tcfg.fingerprint(), None
+    if finished_training(model_dir, fingerprint, sha256_file(dataset)) is None:
+        twin = trained_twin(cfg, strategy, seed, dataset, fingerprint)
     if twin is not None:  # the same rows with the same recipe: the same student, not paid for twice
         log.info("%s seed %d trains on exactly the rows of %s: reusing that student", strategy, seed,
                  twin.parents[1].name)
