@@ -171,15 +171,21 @@ def tasks(out: Path) -> None:
         folder = path.stem.rsplit("_seed", 1)[0]
         by[names.get(folder, folder)].append(rows_of(path))
     order = list(dict.fromkeys(r["task"] for r in next(iter(by.values()))[0]))
-    print("| strategy | seeds | " + " | ".join(order) + " | overall | writes the Answer: line |")
-    print("|---|---:|" + "---:|" * (len(order) + 2))
+    print("| strategy | seeds | " + " | ".join(order) + " | overall | writes the Answer: line | right with it | "
+          "right without it |")
+    print("|---|---:|" + "---:|" * (len(order) + 4))
     for name, seeds in by.items():
         by_task = [per_task(rs) for rs in seeds]
         cells = [sum(p[t]["accuracy"] for p in by_task) / len(seeds) for t in order]
         overall = sum(sum(r["correct"] for r in rs) / len(rs) for rs in seeds) / len(seeds)
         line = sum(sum(r["answer_line"] for r in rs) / len(rs) for rs in seeds) / len(seeds)
         cells_md = " | ".join(f"{c:.2f}" for c in cells)
-        print(f"| {name} | {len(seeds)} | {cells_md} | {overall:.3f} | {line:.2f} |")
+        split = [_accuracy([r for rs in seeds for r in rs if r["answer_line"] == has]) for has in (True, False)]
+        print(f"| {name} | {len(seeds)} | {cells_md} | {overall:.3f} | {line:.2f} | {split[0]} | {split[1]} |")
+
+
+def _accuracy(rows: list[dict]) -> str:
+    return f"{sum(r['correct'] for r in rows) / len(rows):.2f}" if rows else "-"
 
 
 def rows_of(path: Path) -> list[dict]:
