@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import build_tiny_lm
+from openai_server import serve
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -34,3 +35,28 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared data not found at {SHARED} (tests that read ../shared/data skip without it)")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def server(tiny_lm_dir):
+    """The project's OpenAI-compatible test server on the tiny model, one per test module."""
+    with serve(tiny_lm_dir) as srv:
+        yield srv
+
+
+@pytest.fixture
+def fresh_server(server):
+    """The module's server with its faults, counts and settings reset for this test."""
+    server.state.reset()
+    server.state.api_key = None
+    server.state.delay_s = 0.0
+    server.state.prompt_logprobs = True
+    return server
+
+
+@pytest.fixture(scope="module")
+def tiny_local(tiny_lm_dir):
+    """The tiny model and tokenizer loaded in-process: the reference the server's numbers are checked against."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_lm_dir), AutoTokenizer.from_pretrained(tiny_lm_dir)

@@ -6,7 +6,6 @@ import json
 
 import httpx
 import pytest
-from openai_server import serve
 
 from persyn.backends.base import GenParams, GenRequest
 from persyn.config import TeacherConfig
@@ -37,12 +36,6 @@ def run_batch(server, input_path, output_path) -> None:
                       "response": {"status_code": resp.status_code, "request_id": f"req_{n}", "body": resp.json()},
                       "error": None}
             out.write(json.dumps(result) + "\n")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_lm_dir):
-    with serve(tiny_lm_dir) as srv:
-        yield srv
 
 
 def test_export_writes_the_backends_bodies(tmp_path):

@@ -12,7 +12,6 @@ import sqlite3
 import time
 
 import pytest
-from openai_server import serve
 
 from persyn.backends.base import GenParams, GenRequest
 from persyn.cli import main
@@ -20,24 +19,13 @@ from persyn.config import TeacherConfig, parse_config
 from persyn.pipeline import run_stages
 from persyn.remote.openai_backend import OpenAIBackend
 
+pytestmark = pytest.mark.usefixtures("fresh_server")
+
 PROMPTS = ["What is 12 times 7?", "Write a short poem about the sea.", "Why is the sky blue?",
            "How many clips did Natalia sell?"]
 RESPONSES = ["12 * 7 = 84. #### 84", "The sea is wide and blue and deep.", "Light scatters off the air.",
              "She sold 72 clips."]
 KEY = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7"  # 42 characters
-
-
-@pytest.fixture(scope="module")
-def server(tiny_lm_dir):
-    with serve(tiny_lm_dir) as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def fresh_state(server):
-    server.state.reset()
-    server.state.api_key = None
-    server.state.prompt_logprobs = True
 
 
 def teacher(server, name: str = "t", **kw) -> TeacherConfig:

@@ -7,7 +7,6 @@ import time
 
 import pytest
 import torch
-from openai_server import serve
 
 from persyn.backends.base import GenParams, GenRequest, make_backend
 from persyn.config import TeacherConfig
@@ -15,22 +14,10 @@ from persyn.errors import ConfigError
 from persyn.remote.http import parse_retry_after
 from persyn.remote.openai_backend import OpenAIBackend
 
+pytestmark = pytest.mark.usefixtures("fresh_server")
+
 PROMPTS = ["What is 12 times 7?", "Write a short poem about the sea.", "Why is the sky blue?",
            "How many clips did Natalia sell?", "The quick brown fox", "Explain light."]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_lm_dir):
-    with serve(tiny_lm_dir) as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def fresh_state(server):
-    server.state.reset()
-    server.state.api_key = None
-    server.state.delay_s = 0.0
-    yield
 
 
 def teacher(server, **kw) -> TeacherConfig:

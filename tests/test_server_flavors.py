@@ -7,7 +7,6 @@ import json
 
 import pytest
 from openai_server import serve
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from persyn.backends.base import GenParams, GenRequest
 from persyn.config import StudentConfig, TeacherConfig, parse_config
@@ -17,6 +16,8 @@ from persyn.remote.openai_backend import OpenAIBackend
 from persyn.scoring.learnability import Encoder, learnability_scores
 from persyn.scoring.server_logprobs import server_learnability, student_server_learnability
 
+pytestmark = pytest.mark.usefixtures("fresh_server")
+
 PROMPTS = ["What is 12 times 7?", "Write a short poem about the sea.", "Why is the sky blue?",
            "How many clips did Natalia sell?"]
 RESPONSES = ["12 * 7 = 84. #### 84", "The sea is wide and blue and deep.",
@@ -25,24 +26,6 @@ RESPONSES = ["12 * 7 = 84. #### 84", "The sea is wide and blue and deep.",
 SYSTEM_CHATML = ("{{ '<|im_start|>system\nAnswer in one line.<|im_end|>\n' }}{% for message in messages %}"
                  "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_lm_dir):
-    with serve(tiny_lm_dir) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def local(tiny_lm_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_lm_dir), AutoTokenizer.from_pretrained(tiny_lm_dir)
-
-
-@pytest.fixture(autouse=True)
-def fresh_state(server):
-    server.state.reset()
-    server.state.api_key = None
-    server.state.prompt_logprobs = True
 
 
 def teacher(server, **kw) -> TeacherConfig:
@@ -242,41 +225,41 @@ def test_tgi_424_is_retried(server):
 
 # ---------------------------------------------------------------------------------- server learnability
 
-def test_llama_server_refuses_echo_one_line_error_no_endless_retries(server, local):
+def test_llama_server_refuses_echo_one_line_error_no_endless_retries(server, tiny_local):
     server.state.flavor = "llamacpp"
     with pytest.raises(ConfigError) as err:
-        learn(server, local[1], max_retries=5)
+        learn(server, tiny_local[1], max_retries=5)
     message = str(err.value)
     assert message.startswith("student.server_url: server learnability needs prompt log-probs")
     assert "Only no echo is supported" in message and "\n" not in message
     assert server.state.total == 3  # prompt_logprobs ignored, then echo refused twice (one retry)
 
 
-def test_tgi_takes_no_token_ids_one_line_error(server, local):
+def test_tgi_takes_no_token_ids_one_line_error(server, tiny_local):
     server.state.flavor = "tgi"
     with pytest.raises(ConfigError, match=r"^student\.server_url: .*HTTP 422.*Failed to deserialize"):
-        learn(server, local[1])
+        learn(server, tiny_local[1])
     assert server.state.total == 2
 
 
-def test_sglang_echoes_prompt_logprobs_for_truthy_logprobs(server, local):
+def test_sglang_echoes_prompt_logprobs_for_truthy_logprobs(server, tiny_local):
     server.state.flavor = "sglang"
-    expected = learnability_scores(*local, PROMPTS, RESPONSES).values
-    got = learn(server, local[1]).values
+    expected = learnability_scores(*tiny_local, PROMPTS, RESPONSES).values
+    got = learn(server, tiny_local[1]).values
     assert got == pytest.approx(expected, abs=1e-4)
     assert all(b.get("logprobs") == 1 for b in server.state.bodies if b.get("echo"))
 
 
-def test_the_served_model_name_is_the_students_server_model(server, local, tiny_lm_dir):
+def test_the_served_model_name_is_the_students_server_model(server, tiny_local, tiny_lm_dir):
     server.state.flavor = "vllm"
     server.state.served_models = ["my-student"]
     s = student(server, tiny_lm_dir)
     with pytest.raises(ConfigError) as err:
-        student_server_learnability(s, local[1], PROMPTS, RESPONSES)
+        student_server_learnability(s, tiny_local[1], PROMPTS, RESPONSES)
     assert str(err.value).startswith("student.server_model: the server does not serve")
     assert "Valid aliases: my-student" in str(err.value)
     named = s.model_copy(update={"server_model": "my-student"})
-    result = student_server_learnability(named, local[1], PROMPTS, RESPONSES)
+    result = student_server_learnability(named, tiny_local[1], PROMPTS, RESPONSES)
     assert result.failed == [] and all(v is not None for v in result.values)
     assert {b["model"] for b in server.state.bodies} == {"my-student"}
 
@@ -295,21 +278,21 @@ def test_server_model_is_part_of_the_learnability_key(tiny_lm_dir, tmp_path):
     assert scorer(server_model="adapter-a") != scorer(server_model="adapter-b") != scorer()
 
 
-def test_a_sequence_over_max_model_len_fails_alone(server, local):
+def test_a_sequence_over_max_model_len_fails_alone(server, tiny_local):
     server.state.flavor = "vllm"
     server.state.max_model_len = 60
-    lengths = [len(e.ids) for e in Encoder(local[1], None, None, 1024)(PROMPTS, RESPONSES)]
+    lengths = [len(e.ids) for e in Encoder(tiny_local[1], None, None, 1024)(PROMPTS, RESPONSES)]
     assert lengths[2] + 1 > 60 and all(n + 1 <= 60 for i, n in enumerate(lengths) if i != 2)
-    expected = learnability_scores(*local, PROMPTS, RESPONSES).values
-    result = learn(server, local[1], max_concurrency=2)
+    expected = learnability_scores(*tiny_local, PROMPTS, RESPONSES).values
+    result = learn(server, tiny_local[1], max_concurrency=2)
     assert result.failed == [2] and len(result.errors) == 1
     assert "maximum context length is 60" in result.errors[0] and "lower student.max_length" in result.errors[0]
     assert result.values[2] is None
     assert [result.values[i] for i in (0, 1, 3)] == pytest.approx([expected[i] for i in (0, 1, 3)], abs=1e-4)
 
 
-def test_a_minus_inf_logprob_sent_as_minus_9999_fails_that_pair_only(server, local):
-    tokenizer = local[1]
+def test_a_minus_inf_logprob_sent_as_minus_9999_fails_that_pair_only(server, tiny_local):
+    tokenizer = tiny_local[1]
     encoded = Encoder(tokenizer, None, None, 1024)(PROMPTS, RESPONSES)
     others = {t for e in encoded[:3] for t in e.ids}
     masked = next(t for t in encoded[3].ids[encoded[3].start:] if t not in others)  # in the fourth pair only
@@ -320,23 +303,23 @@ def test_a_minus_inf_logprob_sent_as_minus_9999_fails_that_pair_only(server, loc
         assert all(v is not None and v > -50 for v in result.values[:3])
 
 
-def test_prompt_logprobs_do_not_depend_on_what_the_server_cached(server, local):
+def test_prompt_logprobs_do_not_depend_on_what_the_server_cached(server, tiny_local):
     """An older vLLM read a prefix cached by an earlier request when computing prompt_logprobs; each request's
     own cache_salt keeps it from reading any."""
     server.state.prefix_cache = True
-    first = learn(server, local[1], mode="prompt_logprobs", max_concurrency=1).values
-    again = learn(server, local[1], mode="prompt_logprobs", max_concurrency=1).values
+    first = learn(server, tiny_local[1], mode="prompt_logprobs", max_concurrency=1).values
+    again = learn(server, tiny_local[1], mode="prompt_logprobs", max_concurrency=1).values
     assert again == first
     salts = [b["cache_salt"] for b in server.state.bodies]
     assert len(set(salts)) == len(salts) == 8
 
 
-def test_the_fake_reproduces_order_dependence_without_a_salt(server, local):
+def test_the_fake_reproduces_order_dependence_without_a_salt(server, tiny_local):
     """The flavor's own check: the same request twice without cache_salt reads the cache and differs."""
     import httpx
 
     server.state.prefix_cache = True
-    ids = local[1](PROMPTS[2] + RESPONSES[2])["input_ids"]
+    ids = tiny_local[1](PROMPTS[2] + RESPONSES[2])["input_ids"]
     body = {"model": "tiny", "prompt": ids, "max_tokens": 1, "prompt_logprobs": 0}
     runs = [httpx.post(server.base_url + "/completions", json=body, timeout=30).json() for _ in range(2)]
     values = [[e[str(t)]["logprob"] for e, t in zip(r["choices"][0]["prompt_logprobs"][1:], ids[1:], strict=True)]
