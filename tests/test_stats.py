@@ -109,6 +109,7 @@ def test_compare_statistics_from_records_files(tmp_path):
     truth = {n: float((hard < a).mean()) for n, a in accuracy.items()}
     for name, e in st["strategies"].items():
         assert e["mean"] == pytest.approx(truth[name]) and e["lo"] <= e["mean"] <= e["hi"]
+        assert e["seed_means"] == pytest.approx([truth[name]] * len(e["seeds_list"]), abs=1e-6)
     d = {(x["strategy"], x["against"]): x for x in st["differences"]}
     assert ("base", "strong") not in d and ("strong", "strong") not in d
     up = d[("persyn", "strong")]

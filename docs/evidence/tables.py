@@ -154,7 +154,9 @@ def stats(out: Path) -> None:
     (out / "all").mkdir(exist_ok=True)
     write_report(results, out / "all")
     for name, est in got["strategies"].items():
-        print(f"{name:28s} seeds {len(est['seeds_list'])}  {est['mean']:.3f} [{est['lo']:.3f}, {est['hi']:.3f}]")
+        per_seed = " ".join(f"{x:.3f}" for x in est["seed_means"])
+        print(f"{name:28s} seeds {len(est['seeds_list'])}  {est['mean']:.3f} [{est['lo']:.3f}, {est['hi']:.3f}]  "
+              f"per seed {per_seed}")
     for d in got["differences"]:
         print(f"{d['strategy']:28s} - {d['reference']:24s} {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] "
               f"mde {d['mde']:.3f}")

@@ -53,10 +53,11 @@ def statistics_lines(stats: dict[str, Any]) -> list[str]:
         return []
     lines = ["## Statistics", "", next(iter(stats.values()))["method"], ""]
     for label, st in stats.items():
-        lines += [f"### {label} ({st['items']} items)", "", "| strategy | seeds | accuracy | 95% CI |",
-                  "|---|---|---|---|"]
+        lines += [f"### {label} ({st['items']} items)", "", "| strategy | seeds | accuracy | 95% CI | per seed |",
+                  "|---|---|---|---|---|"]
         for name, e in st["strategies"].items():
-            lines.append(f"| {name} | {e['seeds']} | {e['mean']:.3f} | {ci(e['lo'], e['hi'])} |")
+            per_seed = ", ".join(f"{x:.3f}" for x in e.get("seed_means", [])) if e["seeds"] > 1 else ""
+            lines.append(f"| {name} | {e['seeds']} | {e['mean']:.3f} | {ci(e['lo'], e['hi'])} | {per_seed} |")
         if st["differences"]:
             refs = ", ".join(f"{k}: {v}" for k, v in st["references"].items())
             lines += ["", f"Paired differences, strategy minus reference ({refs}). **resolved**: the interval "

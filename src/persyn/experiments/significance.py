@@ -70,7 +70,8 @@ def benchmark_statistics(files: dict[str, dict[int, Path]], kind: str, *, n_boot
         matrices[name] = (seeds, m)
     if not matrices or items is None:
         return None
-    estimates = {name: {"seeds_list": seeds, **mean_ci(m, n_boot=n_boot, seed=seed).as_dict()}
+    estimates = {name: {"seeds_list": seeds, "seed_means": [round(float(x), 6) for x in m.mean(axis=1)],
+                        **mean_ci(m, n_boot=n_boot, seed=seed).as_dict()}
                  for name, (seeds, m) in matrices.items()}
     refs = references(estimates)
     # (strategy, what it is compared against, the reference strategy): every strategy against each reference,
