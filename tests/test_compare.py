@@ -106,6 +106,25 @@ def test_tiny_compare_trains_evaluates_reports_and_resumes(tmp_path, shared_data
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     again = json.loads((out / "results.json").read_text())["strategies"]
     assert again["strong"]["runs"] == strategies["strong"]["runs"]
+    # A table of what is finished while more seeds are still to come: nobody is trained or evaluated.
+    data = yaml.safe_load(config.read_text())
+    data["compare"]["seeds"] = [0, 1, 2]
+    del data["compare"]["seeds_for"]
+    config.write_text(yaml.safe_dump(data))
+    capsys.readouterr()
+    main(["compare", str(config), "--finished-only"])
+    printed = capsys.readouterr().out
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert not list(out.glob("*/seed2/model")) and not list(out.glob("mix/seed1/model"))
+    partial = json.loads((out / "results.json").read_text())
+    # car's seed 1 is strong's finished seed-1 student (the same rows): reported, not trained
+    assert {n: len(e["runs"]) for n, e in partial["strategies"].items()} == {
+        n: len(e["runs"]) + (n == "car") for n, e in strategies.items()}
+    assert "persyn/seed2" in partial["unfinished"] and "mix/seed1" in partial["unfinished"]
+    assert "car/seed1" not in partial["unfinished"] and "car/seed2" in partial["unfinished"]
+    assert partial["statistics"]["gym"]["strategies"]["persyn"]["seeds"] == 2
+    assert "not trained and evaluated yet" in " ".join(printed.split()) and "Not trained and evaluated yet" in (
+        out / "report.md").read_text()
 
 
 def test_train_and_eval_commands(tmp_path, tiny_lm_dir, shared_data, capsys):

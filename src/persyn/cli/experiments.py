@@ -156,12 +156,15 @@ def compare_cmd(
     strategy: Annotated[list[str] | None,
                         typer.Option(help="Strategy (repeatable); default compare.strategies.")] = None,
     no_train: Annotated[bool, typer.Option(help="Build the datasets only.")] = False,
+    finished_only: Annotated[bool, typer.Option(help=(
+        "Report the students already trained and evaluated; train and evaluate nobody (a table while a long "
+        "compare runs)."))] = False,
 ) -> None:
     """Build each strategy's dataset, train and evaluate one student per strategy and seed, write report.md."""
     from persyn.experiments.compare import compare_dir, run_compare
 
     cfg = load_run_config(config)
-    results = run_compare(cfg, strategies=strategy, train=False if no_train else None)
+    results = run_compare(cfg, strategies=strategy, train=False if no_train else None, finished_only=finished_only)
     table = Table(title="strategies")
     for c in ("strategy", "rows", "generations", "tokens", "runs"):
         table.add_column(c, justify="left" if c == "strategy" else "right")
@@ -170,6 +173,9 @@ def compare_cmd(
     console.print(table)
     for label, st in (results.get("statistics") or {}).items():
         console.print(statistics_table(label, st))
+    if results.get("unfinished"):
+        console.print(f"not trained and evaluated yet ({len(results['unfinished'])}): "
+                      f"{', '.join(results['unfinished'])}")
     console.print(f"report: {compare_dir(cfg) / 'report.md'}")
 
 

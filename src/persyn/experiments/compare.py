@@ -60,8 +60,9 @@ def train_config(cfg: RunConfig, output_dir: Path, seed: int):
 
 
 def evaluate_cached(model_dir: Path, benchmarks: list[dict[str, Any]], eval_dir: Path,
-                    identity: str) -> dict[str, Any]:
-    """Each benchmark's metrics; one already evaluated for this checkpoint identity and settings is reused."""
+                    identity: str, *, cached_only: bool = False) -> dict[str, Any] | None:
+    """Each benchmark's metrics; one already evaluated for this checkpoint identity and settings is reused.
+    cached_only: evaluate nothing, None unless every benchmark is cached."""
     from persyn.experiments.eval import evaluate
 
     eval_dir.mkdir(parents=True, exist_ok=True)
@@ -75,13 +76,18 @@ def evaluate_cached(model_dir: Path, benchmarks: list[dict[str, Any]], eval_dir:
             if record.get("fingerprint") == fp:
                 results[label] = record["result"]
                 continue
+        if cached_only:
+            return None
         out = evaluate(str(model_dir), [{**spec, "label": label}], output_dir=eval_dir)
         results[label] = out["results"][label]
         write_atomic(done, json.dumps({"fingerprint": fp, "result": results[label]}, indent=2))
     return results
 
 
-def train_and_eval(cfg: RunConfig, strategy: str, seed: int) -> dict[str, Any]:
+def train_and_eval(cfg: RunConfig, strategy: str, seed: int, *,
+                   finished_only: bool = False) -> dict[str, Any] | None:
+    """One student's run record. finished_only: train and evaluate nothing; None unless the student is already
+    trained and evaluated."""
     from persyn.experiments.train import RESULT_FILE, finished_training, train_student
 
     base = compare_dir(cfg) / strategy_dirname(strategy)
@@ -98,12 +104,16 @@ def train_and_eval(cfg: RunConfig, strategy: str, seed: int) -> dict[str, Any]:
                  twin.parents[1].name)
         model_dir = twin
         _copy_missing(twin.parent / "eval", base / f"seed{seed}" / "eval")
+    elif finished_only and finished_training(model_dir, fingerprint, sha256_file(dataset)) is None:
+        return None
     else:
         train_student(tcfg, dataset)
     record = json.loads((model_dir / RESULT_FILE).read_text(encoding="utf-8"))
     identity = f"{record['config_hash']}:{record['dataset_sha256']}"
     benchmarks = [b.model_dump(exclude_none=True) for b in cfg.eval.benchmarks]
-    evals = evaluate_cached(model_dir, benchmarks, base / f"seed{seed}" / "eval", identity)
+    evals = evaluate_cached(model_dir, benchmarks, base / f"seed{seed}" / "eval", identity, cached_only=finished_only)
+    if evals is None:
+        return None
     run = {"seed": seed, "steps": record["steps"], "train_loss": record["train_loss"],
            "train_seconds": 0.0 if twin is not None else round(record["seconds"], 1), "eval": evals}
     return run | ({"same_student_as": twin.parents[1].name} if twin is not None else {})
@@ -161,8 +171,10 @@ def training_subset(dataset: Path, n: int, seed: int, out: Path) -> Path:
 
 
 def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: bool | None = None,
-                base_eval: bool = True) -> dict[str, Any]:
-    """Select, train and evaluate each strategy; writes compare/results.json and compare/report.md."""
+                base_eval: bool = True, finished_only: bool = False) -> dict[str, Any]:
+    """Select, train and evaluate each strategy; writes compare/results.json and compare/report.md.
+    finished_only: report the students already trained and evaluated, train and evaluate nobody (a table while a
+    long compare is still running); results["unfinished"] lists the rest as STRATEGY/seedN."""
     names = strategies or cfg.compare.strategies
     for n in names:
         make_strategy(n)
@@ -188,15 +200,22 @@ def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: b
         benchmarks = [b.model_dump(exclude_none=True) for b in cfg.eval.benchmarks]
         results["base"] = {"model": tcfg.model,
                            "eval": evaluate_cached(Path(resolve(tcfg.model)), benchmarks, out / "base" / "eval",
-                                                   f"base:{tcfg.model}")}
+                                                   f"base:{tcfg.model}", cached_only=finished_only)}
+        if results["base"]["eval"] is None:
+            results["base"] = None
         _write(out / "results.json", results)
     # Seed-major, so an interrupted run has every strategy's first seed before any second one.
     for i, seed in enumerate(cfg.compare.seeds if do_train else []):
         for name in names:
             if i > 0 and seeds_for is not None and name not in seeds_for:
                 continue
-            results["strategies"][name]["runs"].append(train_and_eval(cfg, name, seed))
-            _finish(cfg, results, out)  # a table after every student: a long run stopped midway has one
+            run = train_and_eval(cfg, name, seed, finished_only=finished_only)
+            if run is None:
+                results.setdefault("unfinished", []).append(f"{name}/seed{seed}")
+                continue
+            results["strategies"][name]["runs"].append(run)
+            if not finished_only:
+                _finish(cfg, results, out)  # a table after every student: a long run stopped midway has one
     _finish(cfg, results, out)
     return results
 

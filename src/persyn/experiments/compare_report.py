@@ -100,6 +100,9 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
     lines += ["", "`generations`: teacher responses the strategy needs on its own (its dataset, plus every teacher "
               "on the probe when it reads the probe, plus every teacher on every prompt when it needs all "
               "responses); `tokens`: their completion tokens.", ""]
+    if results.get("unfinished"):
+        lines += [f"Not trained and evaluated yet ({len(results['unfinished'])}, left out of every table): "
+                  f"{', '.join(results['unfinished'])}.", ""]
     lines += statistics_lines(results.get("statistics") or {})
     lines += ["## Teacher shares", "", "| strategy | " + " | ".join(results["teachers"]) + " |",
               "|" + "---|" * (len(results["teachers"]) + 1)]
