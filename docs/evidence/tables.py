@@ -135,6 +135,7 @@ def students(compare_dir: Path, out: Path, suffix: Path | None = None) -> None:
 def stats(out: Path) -> None:
     """benchmark_statistics over the committed verdicts (compare's bootstrap seed), the other configs' students
     (results-SUFFIX.json) merged in as STRATEGY-SUFFIX, written by compare's own report writer to OUT/all/."""
+    from persyn.config import load_config
     from persyn.experiments.compare_report import write_report
     from persyn.experiments.significance import benchmark_statistics
 
@@ -149,7 +150,8 @@ def stats(out: Path) -> None:
     for path in sorted((out / "records").glob("*_seed*.jsonl")):
         dirname, seed = path.stem.rsplit("_seed", 1)
         files[by_dir.get(dirname, dirname)][int(seed)] = path
-    got = benchmark_statistics(dict(files), "gym", pairs=[("oracle", "oracle@0.0")])
+    pairs = load_config(Path(__file__).with_name("compare.yaml")).compare.pairs
+    got = benchmark_statistics(dict(files), "gym", pairs=pairs)
     results["statistics"] = {"gym": got}
     (out / "all").mkdir(exist_ok=True)
     write_report(results, out / "all")
