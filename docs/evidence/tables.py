@@ -145,13 +145,8 @@ def stats(out: Path) -> None:
         other = json.loads(extra.read_text(encoding="utf-8"))
         for name, entry in other["strategies"].items():
             results["strategies"][f"{name}-{suffix}"] = entry
-    by_dir = json.loads((out / "records" / "names.json").read_text(encoding="utf-8"))
-    files: dict[str, dict[int, Path]] = defaultdict(dict)
-    for path in sorted((out / "records").glob("*_seed*.jsonl")):
-        dirname, seed = path.stem.rsplit("_seed", 1)
-        files[by_dir.get(dirname, dirname)][int(seed)] = path
     pairs = load_config(Path(__file__).with_name("compare.yaml")).compare.pairs
-    got = benchmark_statistics(dict(files), "gym", pairs=pairs)
+    got = benchmark_statistics(verdict_files(out), "gym", pairs=pairs)
     results["statistics"] = {"gym": got}
     (out / "all").mkdir(exist_ok=True)
     write_report(results, out / "all")
@@ -169,11 +164,7 @@ def tasks(out: Path) -> None:
     from the committed verdicts."""
     from persyn.experiments.eval.gym import per_task
 
-    names = json.loads((out / "records" / "names.json").read_text(encoding="utf-8"))
-    by: dict[str, list[list[dict]]] = defaultdict(list)
-    for path in sorted((out / "records").glob("*_seed*.jsonl")):
-        folder = path.stem.rsplit("_seed", 1)[0]
-        by[names.get(folder, folder)].append(rows_of(path))
+    by = {name: [rows_of(path) for path in seeds.values()] for name, seeds in verdict_files(out).items()}
     order = list(dict.fromkeys(r["task"] for r in next(iter(by.values()))[0]))
     print("| strategy | seeds | " + " | ".join(order) + " | overall | writes the Answer: line | right with it | "
           "right without it |")
@@ -186,6 +177,16 @@ def tasks(out: Path) -> None:
         cells_md = " | ".join(f"{c:.2f}" for c in cells)
         split = [_accuracy([r for rs in seeds for r in rs if r["answer_line"] == has]) for has in (True, False)]
         print(f"| {name} | {len(seeds)} | {cells_md} | {overall:.3f} | {line:.2f} | {split[0]} | {split[1]} |")
+
+
+def verdict_files(out: Path) -> dict[str, dict[int, Path]]:
+    """strategy -> seed -> its committed verdicts (records/FOLDER_seedN.jsonl; names.json maps folder to strategy)."""
+    names = json.loads((out / "records" / "names.json").read_text(encoding="utf-8"))
+    files: dict[str, dict[int, Path]] = defaultdict(dict)
+    for path in sorted((out / "records").glob("*_seed*.jsonl")):
+        folder, seed = path.stem.rsplit("_seed", 1)
+        files[names.get(folder, folder)][int(seed)] = path
+    return dict(files)
 
 
 def _accuracy(rows: list[dict]) -> str:

@@ -97,14 +97,15 @@ def train_and_eval(cfg: RunConfig, strategy: str, seed: int, *,
     if cfg.compare.train_rows is not None:
         dataset = training_subset(dataset, cfg.compare.train_rows, seed, base / f"seed{seed}" / "train.jsonl")
     fingerprint, twin = tcfg.fingerprint(), None
-    if finished_training(model_dir, fingerprint, sha256_file(dataset)) is None:
+    finished = finished_training(model_dir, fingerprint, sha256_file(dataset)) is not None
+    if not finished:
         twin = trained_twin(cfg, strategy, seed, dataset, fingerprint)
     if twin is not None:  # the same rows with the same recipe: the same student, not paid for twice
         log.info("%s seed %d trains on exactly the rows of %s: reusing that student", strategy, seed,
                  twin.parents[1].name)
         model_dir = twin
         _copy_missing(twin.parent / "eval", base / f"seed{seed}" / "eval")
-    elif finished_only and finished_training(model_dir, fingerprint, sha256_file(dataset)) is None:
+    elif finished_only and not finished:
         return None
     else:
         train_student(tcfg, dataset)
