@@ -124,3 +124,6 @@ def test_tiny_evidence_cascade_asks_the_next_teacher_only_while_wrong(tmp_path, 
     for r, a in zip(routed, asked, strict=True):
         # each further teacher was asked only because every answer before it was wrong
         assert all(quality[t][r["prompt"]] < 1 for t in a[:-1]), r
+    # its cost counts every teacher asked, kept or not: the probe's 12 x 5 and each routed prompt's candidates
+    cost = json.loads((tmp_path / "compare_cascade" / "compare" / "persyn" / "selection.json").read_text())
+    assert cost["generations_needed"] == 12 * 5 + sum(map(len, asked))

@@ -163,9 +163,10 @@ def write_plots(results: dict[str, Any], out: Path, headline: tuple[str, str] | 
 
     if headline is not None:
         label, metric = headline
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(8, 5))
         per_prompt = max(1, results.get("prompts") or 1)
         estimates = ((results.get("statistics") or {}).get(label) or {}).get("strategies", {})
+        points = []
         for name in names:
             e = results["strategies"][name]
             x = e["generations_needed"] / per_prompt
@@ -177,7 +178,22 @@ def write_plots(results: dict[str, Any], out: Path, headline: tuple[str, str] | 
             else:
                 continue
             ax.errorbar(x, y, yerr=err, fmt="o", capsize=3)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
+            points.append((name, x, y))
+        dx = 0.02 * (ax.get_xlim()[1] - ax.get_xlim()[0])
+        first = min((x for _, x, _ in points), default=0.0)
+        left = []  # the cheapest column's labels go on its left, clear of the next column's points
+        for name, x, y, label_y in spread_labels(points, ax.get_ylim()):
+            on_left = x == first and len({p[1] for p in points}) > 1
+            text = ax.annotate(name, (x, y), xytext=(x - dx if on_left else x + dx, label_y), fontsize=7,
+                               va="center", ha="right" if on_left else "left",
+                               arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5} if label_y != y else None)
+            if on_left:
+                left.append(text)
+        if left:  # widen the axes to the left so those labels fit inside
+            fig.canvas.draw()
+            to_data = ax.transData.inverted()
+            x0 = min(to_data.transform(t.get_window_extent())[0][0] for t in left)
+            ax.set_xlim(left=x0 - dx)
         if "base" in estimates:
             ax.axhline(estimates["base"]["mean"], color="grey", linestyle=":", label="student before SFT")
             ax.legend(fontsize=7)
@@ -185,6 +201,32 @@ def write_plots(results: dict[str, Any], out: Path, headline: tuple[str, str] | 
         ax.set_ylabel(f"{label} {metric}" + (" (95% CI)" if estimates else ""))
         paths.append(_save(fig, out / "cost_vs_score.png"))
     return paths
+
+
+def spread_labels(points: list[tuple[str, float, float]], ylim: tuple[float, float],
+                  gap: float = 0.045) -> list[tuple[str, float, float, float]]:
+    """(name, x, y, label_y): the labels of points at the same x at least `gap` of the y range apart, each run of
+    crowded labels centred on its points, so that strategies with close scores stay readable."""
+    step = gap * (ylim[1] - ylim[0])
+    out = []
+    for x in dict.fromkeys(px for _, px, _ in points):
+        column = sorted((p for p in points if p[1] == x), key=lambda p: p[2])
+        clusters = [[i] for i in range(len(column))]  # merged while neighbours' label blocks overlap
+
+        def bottom(c: list[int], column: list[tuple[str, float, float]] = column) -> float:
+            return statistics.fmean(column[i][2] for i in c) - step * (len(c) - 1) / 2
+
+        merged = True
+        while merged:
+            merged = False
+            for k in range(len(clusters) - 1):
+                if bottom(clusters[k]) + step * len(clusters[k]) > bottom(clusters[k + 1]):
+                    clusters[k:k + 2] = [clusters[k] + clusters[k + 1]]
+                    merged = True
+                    break
+        for c in clusters:
+            out += [(*column[i], bottom(c) + step * j) for j, i in enumerate(c)]
+    return out
 
 
 def _save(fig: Any, path: Path) -> Path:

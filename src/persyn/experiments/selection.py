@@ -60,6 +60,9 @@ def needed_keys(run: Run, prompts: list[Prompt], selection: Selection, strategy:
         keys |= {gen_key(t, p) for p in prompts if p.id in probe_ids for t in run.cfg.teachers}
     if strategy.needs_all_responses:
         keys |= {gen_key(t, p) for p in prompts for t in run.cfg.teachers}
+    if strategy_base(selection.strategy) == "persyn":  # budget > 1 or a cascade asked more than the kept teacher
+        teachers, routing = {t.name: t for t in run.cfg.teachers}, run.store.routing()
+        keys |= {gen_key(teachers[n], p) for p in prompts if p.id in routing for n in routing[p.id].candidates}
     return keys
 
 
