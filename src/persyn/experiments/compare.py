@@ -199,11 +199,9 @@ def run_compare(cfg: RunConfig, *, strategies: list[str] | None = None, train: b
     if do_train and base_eval and cfg.eval.benchmarks:
         tcfg = train_config(cfg, out / "base", 0)
         benchmarks = [b.model_dump(exclude_none=True) for b in cfg.eval.benchmarks]
-        results["base"] = {"model": tcfg.model,
-                           "eval": evaluate_cached(Path(resolve(tcfg.model)), benchmarks, out / "base" / "eval",
-                                                   f"base:{tcfg.model}", cached_only=finished_only)}
-        if results["base"]["eval"] is None:
-            results["base"] = None
+        evals = evaluate_cached(Path(resolve(tcfg.model)), benchmarks, out / "base" / "eval", f"base:{tcfg.model}",
+                                cached_only=finished_only)
+        results["base"] = {"model": tcfg.model, "eval": evals} if evals is not None else None
         _write(out / "results.json", results)
     # Seed-major, so an interrupted run has every strategy's first seed before any second one.
     for i, seed in enumerate(cfg.compare.seeds if do_train else []):

@@ -180,10 +180,11 @@ def write_plots(results: dict[str, Any], out: Path, headline: tuple[str, str] | 
             ax.errorbar(x, y, yerr=err, fmt="o", capsize=3)
             points.append((name, x, y))
         dx = 0.02 * (ax.get_xlim()[1] - ax.get_xlim()[0])
-        first = min((x for _, x, _ in points), default=0.0)
-        left = []  # the cheapest column's labels go on its left, clear of the next column's points
+        # the cheapest column's labels go on its left, clear of the next column's points
+        first = min(x for _, x, _ in points) if len({x for _, x, _ in points}) > 1 else None
+        left = []
         for name, x, y, label_y in spread_labels(points, ax.get_ylim()):
-            on_left = x == first and len({p[1] for p in points}) > 1
+            on_left = x == first
             text = ax.annotate(name, (x, y), xytext=(x - dx if on_left else x + dx, label_y), fontsize=7,
                                va="center", ha="right" if on_left else "left",
                                arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5} if label_y != y else None)
@@ -211,22 +212,27 @@ def spread_labels(points: list[tuple[str, float, float]], ylim: tuple[float, flo
     out = []
     for x in dict.fromkeys(px for _, px, _ in points):
         column = sorted((p for p in points if p[1] == x), key=lambda p: p[2])
-        clusters = [[i] for i in range(len(column))]  # merged while neighbours' label blocks overlap
-
-        def bottom(c: list[int], column: list[tuple[str, float, float]] = column) -> float:
-            return statistics.fmean(column[i][2] for i in c) - step * (len(c) - 1) / 2
-
-        merged = True
-        while merged:
-            merged = False
-            for k in range(len(clusters) - 1):
-                if bottom(clusters[k]) + step * len(clusters[k]) > bottom(clusters[k + 1]):
-                    clusters[k:k + 2] = [clusters[k] + clusters[k + 1]]
-                    merged = True
-                    break
-        for c in clusters:
-            out += [(*column[i], bottom(c) + step * j) for j, i in enumerate(c)]
+        out += [(*point, label_y) for point, label_y in zip(column, _label_heights([p[2] for p in column], step),
+                                                            strict=True)]
     return out
+
+
+def _label_heights(ys: list[float], step: float) -> list[float]:
+    """Label heights for ascending ys: runs whose labels would overlap become blocks `step` apart, centred on
+    their points; a block that grows is checked again against the one below."""
+    blocks = [[i] for i in range(len(ys))]
+
+    def bottom(b: list[int]) -> float:
+        return statistics.fmean(ys[i] for i in b) - step * (len(b) - 1) / 2
+
+    k = 0
+    while k < len(blocks) - 1:
+        if bottom(blocks[k]) + step * len(blocks[k]) > bottom(blocks[k + 1]):
+            blocks[k:k + 2] = [blocks[k] + blocks[k + 1]]
+            k = max(k - 1, 0)
+        else:
+            k += 1
+    return [bottom(b) + step * j for b in blocks for j in range(len(b))]
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -42,6 +42,7 @@ def prepare_inputs(run: Run, prompts: list[Prompt], strategies: list[Strategy]) 
     routing = run.store.routing()
     return replace(inputs, probe=probe_rewards(run), everything=everything,
                    routes=[routing[p.id].teacher if p.id in routing else None for p in prompts],
+                   asked=[routing[p.id].candidates if p.id in routing else [] for p in prompts],
                    router_report=run.store.get_meta(Meta.ROUTER_REPORT))
 
 
@@ -60,9 +61,9 @@ def needed_keys(run: Run, prompts: list[Prompt], selection: Selection, strategy:
         keys |= {gen_key(t, p) for p in prompts if p.id in probe_ids for t in run.cfg.teachers}
     if strategy.needs_all_responses:
         keys |= {gen_key(t, p) for p in prompts for t in run.cfg.teachers}
-    if strategy_base(selection.strategy) == "persyn":  # budget > 1 or a cascade asked more than the kept teacher
-        teachers, routing = {t.name: t for t in run.cfg.teachers}, run.store.routing()
-        keys |= {gen_key(teachers[n], p) for p in prompts if p.id in routing for n in routing[p.id].candidates}
+    if strategy.reads_routes and inputs.asked is not None:  # a budget > 1 or a cascade asked more than it kept
+        teachers = {t.name: t for t in run.cfg.teachers}
+        keys |= {gen_key(teachers[n], p) for p, asked in zip(prompts, inputs.asked, strict=True) for n in asked}
     return keys
 
 

@@ -55,6 +55,7 @@ class SelectionInputs:
     probe: RewardMatrices | None = None  # every teacher on the probe prompts
     everything: RewardMatrices | None = None  # every teacher on every prompt (Generate-then-Select)
     routes: list[str | None] | None = None  # the router's teacher per prompt as `persyn run` stored it; None: unrouted
+    asked: list[list[str]] | None = None  # every teacher that run asked per routed prompt (budget > 1, cascade)
     router_report: dict[str, Any] | None = None
 
     @classmethod
@@ -94,6 +95,7 @@ class Selection:
 class Strategy:
     name: ClassVar[str]
     needs_all_responses: ClassVar[bool] = False
+    reads_routes: ClassVar[bool] = False  # its dataset is `persyn run`'s routing, paid for with every teacher asked
 
     def check(self, inputs: SelectionInputs) -> None:
         """Raise ConfigError for settings that cannot work; called before anything is generated."""
@@ -135,6 +137,7 @@ class PerSynStrategy(Strategy):
     """The router's choice (probe prompts keep their best probe response), as `persyn run` routed them."""
 
     name = "persyn"
+    reads_routes = True
 
     def select(self, inputs: SelectionInputs) -> Selection:
         routes = inputs.routes if inputs.routes is not None else [None] * inputs.n_prompts
@@ -216,6 +219,7 @@ class VerifiedStrategy(Strategy):
         self.base = base
         self.name = base.name + VERIFIED_SUFFIX  # type: ignore[misc]
         self.needs_all_responses = base.needs_all_responses  # type: ignore[misc]
+        self.reads_routes = base.reads_routes  # type: ignore[misc]
 
     def check(self, inputs: SelectionInputs) -> None:
         if inputs.min_quality is None:
